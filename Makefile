@@ -1,0 +1,46 @@
+# Two commands matter: `make run` and `make test`. Everything else is a helper for them.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= examples/newsletter.toml
+
+.PHONY: run test lint typecheck bench clean help
+
+help:
+	@echo "make run   - set up .venv and run one gather/feeds/digest cycle on $(CONFIG)"
+	@echo "make test  - set up .venv with the test extras and run the whole test suite"
+	@echo "make lint  - ruff check and format check; make typecheck - mypy --strict"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall when the dependency list changes; the package itself is editable.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(VENV)/.installed $@
+
+run: $(VENV)/.installed
+	$(BIN)/newsletter --config $(CONFIG) run --once
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check newsletter tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/render.py
+
+clean:
+	rm -rf $(VENV) feeds/*.xml feeds/*.json outbox examples/*.db* .pytest_cache .mypy_cache

@@ -1,0 +1,525 @@
+"""Load ``newsletter.toml`` into frozen dataclasses, validated once.
+
+Owns: reading the TOML file, resolving relative paths against the file's folder, checking every
+key (unknown keys, wrong types, missing values) and naming the file, line and key path in each
+error. Does not own: reading secrets (only the *names* of environment variables are stored here;
+``Config.secret(...)`` reads them when asked) or anything that touches the network or database.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import formataddr, parseaddr
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
+
+from newsletter.addresses import validate_address
+from newsletter.exceptions import ConfigError, SubscriberError
+
+DEFAULT_CONFIG_NAME = "newsletter.toml"
+CONFIG_ENV = "NEWSLETTER_CONFIG"
+SOURCE_KINDS = ("feed", "folder")
+MAIL_BACKENDS = ("outbox",)
+SECTION_BY = ("source", "tag", "none")
+
+
+@dataclass(frozen=True)
+class NewsletterSettings:
+    title: str
+    site_url: str  # absolute, ends with "/"
+    sender_name: str
+    sender_email: str
+    postal_address: str
+    description: str = ""
+    language: str = "en"
+    reply_to: str | None = None
+    timezone: str = "UTC"
+    secret_env: str = "NEWSLETTER_SECRET"  # noqa: S105 - the NAME of a variable, not a secret
+
+    @property
+    def sender(self) -> str:
+        return formataddr((self.sender_name, self.sender_email))
+
+    @property
+    def domain(self) -> str:
+        return self.sender_email.rpartition("@")[2]
+
+    @property
+    def list_id(self) -> str:
+        """RFC 2919 List-Id: a stable, unique identifier for this list under our domain."""
+        slug = re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-") or "newsletter"
+        return f"{slug}.{self.domain}"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    kind: str  # one of SOURCE_KINDS
+    url: str | None = None  # feed: http(s) URL, or None when ``path`` is set
+    path: Path | None = None  # feed: local file; folder: directory of Markdown files
+    timeout: float = 20.0
+    max_bytes: int = 10 * 1024 * 1024
+    enabled: bool = True
+
+    @property
+    def location(self) -> str:
+        return self.url if self.url is not None else str(self.path)
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    gather_interval_minutes: int = 30
+    digest_cron: str = "0 7 * * *"
+    timezone: str = "UTC"
+    misfire_grace_seconds: int = 3600
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    output_dir: Path
+    max_items: int = 50
+    ttl_minutes: int = 60
+
+
+@dataclass(frozen=True)
+class DigestSettings:
+    lookback_hours: float = 24.0
+    max_items: int = 30
+    section_by: str = "source"  # one of SECTION_BY
+    subject: str = (
+        "{{ newsletter.title }}: {{ lead.title }}{% if rest %} (+{{ rest }} more){% endif %}"
+    )
+    greeting_fallback: str = "there"
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    backend: str = "outbox"
+    outbox_dir: Path = Path("outbox")
+    batch_size: int = 100
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    url: str  # SQLAlchemy URL
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    user_agent: str = "newsletter/0.1 (+https://github.com/newsletter-publisher/newsletter)"
+    timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class Config:
+    file: Path | None
+    newsletter: NewsletterSettings
+    sources: tuple[SourceConfig, ...]
+    schedule: ScheduleSettings
+    feeds: FeedSettings
+    digest: DigestSettings
+    mail: MailSettings
+    storage: StorageSettings
+    http: HttpSettings = field(default_factory=HttpSettings)
+    templates_dir: Path | None = None  # the user's overrides, searched before ours
+
+    def secret(self, env_name: str) -> str | None:
+        """Read a secret from the environment variable the config names (never from the file)."""
+        value = os.environ.get(env_name)
+        return value or None
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+class _Locator:
+    """Finds the line of a key path in the TOML text, so errors can say ``file:line``.
+
+    tomllib keeps no positions; a small scan of the text is enough for the shapes a config
+    uses (``[table]``, ``[[array]]`` and ``key = value`` lines).
+    """
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+
+    def line_of(self, path: list[str | int]) -> int | None:
+        start = 0
+        table: str | None = None
+        i = 0
+        while i < len(path):
+            part = path[i]
+            nxt = path[i + 1] if i + 1 < len(path) else None
+            if isinstance(part, str) and isinstance(nxt, int):
+                found = self._nth_header(f"[[{part}]]", nxt)
+                if found is None:
+                    return None
+                start, table = found, part
+                i += 2
+                continue
+            if isinstance(part, str) and i < len(path) - 1 and table is None:
+                found = self._nth_header(f"[{part}]", 0)
+                if found is not None:
+                    start, table = found, part
+                    i += 1
+                    continue
+            if isinstance(part, str):
+                key_re = re.compile(rf"^\s*[\"']?{re.escape(part)}[\"']?\s*=")
+                for n in range(start, len(self.lines)):
+                    if n > start and self.lines[n].lstrip().startswith("[") and table:
+                        break
+                    if key_re.match(self.lines[n]):
+                        return n + 1
+                return start + 1 if table else None
+            i += 1
+        return start + 1 if table else None
+
+    def _nth_header(self, header: str, n: int) -> int | None:
+        seen = 0
+        for number, line in enumerate(self.lines):
+            if line.strip().split("#", 1)[0].strip() == header:
+                if seen == n:
+                    return number
+                seen += 1
+        return None
+
+
+class _Table:
+    """A view of one TOML table that type-checks each key and reports unknown ones."""
+
+    def __init__(self, data: Mapping[str, Any], path: list[str | int], loader: _Loader) -> None:
+        self.data = data
+        self.path = path
+        self.loader = loader
+        self.used: set[str] = set()
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        return self.loader.error([*self.path, key] if key else self.path, message)
+
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any = ..., what: str = ""
+    ) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is ...:
+                raise self.error(key, f"is required ({what or _type_name(kind)})")
+            return default
+        value = self.data[key]
+        # bool is a subclass of int; a config that says `max_items = true` is a mistake.
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            raise self.error(key, f"expected {what or _type_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.error(
+                key, f"expected {what or _type_name(kind)}, got {type(value).__name__} {value!r}"
+            )
+        return value
+
+    def text(self, key: str, default: Any = ..., *, nonempty: bool = True) -> Any:
+        value = self.get(key, str, default, "a string")
+        if isinstance(value, str) and nonempty and not value.strip():
+            raise self.error(key, "must not be empty")
+        return value
+
+    def number(self, key: str, default: Any, *, minimum: float, integer: bool = False) -> Any:
+        value = self.get(
+            key,
+            int if integer else (int, float),
+            default,
+            "a whole number" if integer else "a number",
+        )
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum:g}, got {value}")
+        return value
+
+    def path_value(self, key: str, default: Any = ...) -> Any:
+        value = self.text(key, default)
+        if isinstance(value, str):
+            return self.loader.resolve(value)
+        return value
+
+    def table(self, key: str) -> _Table:
+        value = self.get(key, dict, {}, "a table")
+        return _Table(value, [*self.path, key], self.loader)
+
+    def done(self) -> None:
+        unknown = [k for k in self.data if k not in self.used]
+        if unknown:
+            key = unknown[0]
+            hint = difflib.get_close_matches(key, sorted(self.used), n=1)
+            known = ", ".join(sorted(self.used))
+            message = "unknown key" + (
+                f"; did you mean {hint[0]!r}?" if hint else f" (known: {known})"
+            )
+            raise self.error(key, message)
+
+
+class _Loader:
+    def __init__(self, file: Path | None, text: str) -> None:
+        self.file = file
+        self.base = file.parent if file is not None else Path.cwd()
+        self.locator = _Locator(text)
+
+    def error(self, path: list[str | int], message: str) -> ConfigError:
+        return ConfigError(
+            message, file=self.file, key=_format_path(path), line=self.locator.line_of(path)
+        )
+
+    def resolve(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base / path).resolve()
+
+
+def _format_path(path: list[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(k.__name__ for k in kind)
+    return {
+        str: "a string",
+        int: "a whole number",
+        float: "a number",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }.get(kind, kind.__name__)
+
+
+def find_config(explicit: str | Path | None) -> Path:
+    """The config file: the explicit path, else ``$NEWSLETTER_CONFIG``, else ./newsletter.toml."""
+    chosen = explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME
+    path = Path(chosen).expanduser()
+    if not path.is_file():
+        hint = (
+            ""
+            if explicit or os.environ.get(CONFIG_ENV)
+            else ("; create one with `newsletter init`, or pass --config FILE")
+        )
+        raise ConfigError(f"config file not found{hint}", file=path)
+    return path
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file. Raises ``ConfigError`` naming file, line and key."""
+    file = Path(path).expanduser().resolve()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config: {e.strerror}", file=file) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError("config is not valid UTF-8", file=file) from e
+    return parse_config(text, file)
+
+
+def parse_config(text: str, file: Path | None = None) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line = getattr(e, "lineno", None)
+        msg = getattr(e, "msg", str(e))
+        raise ConfigError(f"invalid TOML: {msg}", file=file, line=line) from e
+    loader = _Loader(file, text)
+    root = _Table(data, [], loader)
+
+    nl = _newsletter(root.table("newsletter"))
+    sources = _sources(root, loader)
+    schedule = _schedule(root.table("schedule"), nl.timezone)
+    feeds_t = root.table("feeds")
+    feeds = FeedSettings(
+        output_dir=feeds_t.path_value("output_dir", "feeds"),
+        max_items=feeds_t.number("max_items", 50, minimum=1, integer=True),
+        ttl_minutes=feeds_t.number("ttl_minutes", 60, minimum=1, integer=True),
+    )
+    feeds_t.done()
+    digest = _digest(root.table("digest"))
+    mail = _mail(root.table("mail"))
+    storage_t = root.table("storage")
+    storage = StorageSettings(url=_storage_url(storage_t, loader))
+    storage_t.done()
+    http_t = root.table("http")
+    http = HttpSettings(
+        user_agent=http_t.text("user_agent", HttpSettings.user_agent),
+        timeout=float(http_t.number("timeout", HttpSettings.timeout, minimum=0.1)),
+    )
+    http_t.done()
+    templates = root.path_value("templates", None)
+    if templates is not None and not templates.is_dir():
+        raise root.error("templates", f"is not a directory: {templates}")
+    root.done()
+    return Config(
+        file=file,
+        newsletter=nl,
+        sources=sources,
+        schedule=schedule,
+        feeds=feeds,
+        digest=digest,
+        mail=mail,
+        storage=storage,
+        http=http,
+        templates_dir=templates,
+    )
+
+
+def _newsletter(t: _Table) -> NewsletterSettings:
+    if not t.data:
+        raise t.loader.error(["newsletter"], "the [newsletter] table is required")
+    site_url = t.text("site_url")
+    parts = urlsplit(site_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise t.error("site_url", f"expected an absolute http(s) URL, got {site_url!r}")
+    if not site_url.endswith("/"):
+        site_url += "/"
+    sender = t.text("sender")
+    name, address = parseaddr(sender)
+    try:
+        address = validate_address(address)
+    except SubscriberError as e:
+        raise t.error("sender", f'expected "Name <address@example.com>": {e.message}') from e
+    reply_to = t.text("reply_to", None)
+    if reply_to is not None:
+        try:
+            reply_to = validate_address(parseaddr(reply_to)[1])
+        except SubscriberError as e:
+            raise t.error("reply_to", e.message) from e
+    tz = t.text("timezone", "UTC")
+    _check_timezone(t, "timezone", tz)
+    secret_env = t.text("secret_env", "NEWSLETTER_SECRET")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", secret_env):
+        raise t.error("secret_env", "expected the NAME of an environment variable, not a value")
+    title = t.text("title")
+    settings = NewsletterSettings(
+        title=title,
+        site_url=site_url,
+        sender_name=name or title,
+        sender_email=address,
+        postal_address=t.text("postal_address"),
+        description=t.text("description", "", nonempty=False),
+        language=t.text("language", "en"),
+        reply_to=reply_to,
+        timezone=tz,
+        secret_env=secret_env,
+    )
+    t.done()
+    return settings
+
+
+def _sources(root: _Table, loader: _Loader) -> tuple[SourceConfig, ...]:
+    raw = root.get("sources", list, [], "an array of tables ([[sources]])")
+    out: list[SourceConfig] = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise loader.error(["sources", i], "expected a table ([[sources]])")
+        t = _Table(item, ["sources", i], loader)
+        name = t.text("name")
+        if name in names:
+            raise t.error("name", f"duplicate source name {name!r}")
+        names.add(name)
+        kind = t.text("kind")
+        if kind not in SOURCE_KINDS:
+            raise t.error("kind", f"expected one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
+        url = t.text("url", None)
+        path = t.path_value("path", None)
+        if kind == "feed" and (url is None) == (path is None):
+            raise t.error("url", "a feed source needs exactly one of `url` or `path`")
+        if kind == "folder" and (path is None or url is not None):
+            raise t.error("path", "a folder source needs `path` (and no `url`)")
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise t.error("url", f"expected an http(s) URL, got {url!r}")
+        src = SourceConfig(
+            name=name,
+            kind=kind,
+            url=url,
+            path=path,
+            timeout=float(t.number("timeout", 20.0, minimum=0.1)),
+            max_bytes=t.number("max_bytes", 10 * 1024 * 1024, minimum=1024, integer=True),
+            enabled=t.get("enabled", bool, True),
+        )
+        t.done()
+        out.append(src)
+    return tuple(out)
+
+
+def _schedule(t: _Table, default_tz: str) -> ScheduleSettings:
+    tz = t.text("timezone", default_tz)
+    _check_timezone(t, "timezone", tz)
+    cron = t.text("digest_cron", ScheduleSettings.digest_cron)
+    try:
+        CronTrigger.from_crontab(cron, timezone=ZoneInfo(tz))
+    except ValueError as e:
+        raise t.error("digest_cron", f"not a valid crontab expression ({e})") from e
+    settings = ScheduleSettings(
+        gather_interval_minutes=t.number("gather_interval_minutes", 30, minimum=1, integer=True),
+        digest_cron=cron,
+        timezone=tz,
+        misfire_grace_seconds=t.number("misfire_grace_seconds", 3600, minimum=1, integer=True),
+    )
+    t.done()
+    return settings
+
+
+def _digest(t: _Table) -> DigestSettings:
+    section_by = t.text("section_by", "source")
+    if section_by not in SECTION_BY:
+        raise t.error("section_by", f"expected one of {', '.join(SECTION_BY)}, got {section_by!r}")
+    settings = DigestSettings(
+        lookback_hours=float(t.number("lookback_hours", 24.0, minimum=0)),
+        max_items=t.number("max_items", 30, minimum=1, integer=True),
+        section_by=section_by,
+        subject=t.text("subject", DigestSettings.subject),
+        greeting_fallback=t.text("greeting_fallback", "there"),
+    )
+    t.done()
+    return settings
+
+
+def _mail(t: _Table) -> MailSettings:
+    backend = t.text("backend", "outbox")
+    if backend not in MAIL_BACKENDS:
+        raise t.error("backend", f"expected one of {', '.join(MAIL_BACKENDS)}, got {backend!r}")
+    settings = MailSettings(
+        backend=backend,
+        outbox_dir=t.path_value("outbox_dir", "outbox"),
+        batch_size=t.number("batch_size", 100, minimum=1, integer=True),
+    )
+    t.done()
+    return settings
+
+
+def _storage_url(t: _Table, loader: _Loader) -> str:
+    url = t.text("url", None)
+    path = t.text("path", None)
+    if url is not None and path is not None:
+        raise t.error("url", "give either `url` or `path`, not both")
+    if url is not None:
+        if "://" not in url:
+            raise t.error("url", f"expected a database URL such as sqlite:///file.db, got {url!r}")
+        return str(url)
+    file = loader.resolve(path or "newsletter.db")
+    return f"sqlite:///{file}"
+
+
+def _check_timezone(t: _Table, key: str, name: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise t.error(
+            key, f"unknown time zone {name!r} (expected an IANA name such as Europe/Berlin)"
+        ) from e
