@@ -7,7 +7,7 @@ CONFIG ?= examples/newsletter.toml
 .PHONY: run test lint typecheck bench clean help
 
 help:
-	@echo "make run   - set up .venv and run one gather/feeds/digest cycle on $(CONFIG)"
+	@echo "make run   - set up .venv, import the example subscribers, run one gather/feeds/digest cycle"
 	@echo "make test  - set up .venv with the test extras and run the whole test suite"
 	@echo "make lint  - ruff check and format check; make typecheck - mypy --strict"
 
@@ -25,6 +25,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	@touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed
+	$(BIN)/newsletter --config $(CONFIG) subscribers import examples/subscribers.csv
 	$(BIN)/newsletter --config $(CONFIG) run --once
 
 test: $(VENV)/.installed-test

@@ -199,7 +199,6 @@ class _Table:
         self.data = data
         self.path = path
         self.loader = loader
-        self.used: set[str] = set()
 
     def error(self, key: str | None, message: str) -> ConfigError:
         return self.loader.error([*self.path, key] if key else self.path, message)
@@ -207,7 +206,6 @@ class _Table:
     def get(
         self, key: str, kind: type | tuple[type, ...], default: Any = ..., what: str = ""
     ) -> Any:
-        self.used.add(key)
         if key not in self.data:
             if default is ...:
                 raise self.error(key, f"is required ({what or _type_name(kind)})")
@@ -249,12 +247,14 @@ class _Table:
         value = self.get(key, dict, {}, "a table")
         return _Table(value, [*self.path, key], self.loader)
 
-    def done(self) -> None:
-        unknown = [k for k in self.data if k not in self.used]
+    def allow(self, *keys: str) -> None:
+        """Refuse keys not listed. Checked first, so a misspelt key is reported as such and
+        not as the absence of the key it was meant to be."""
+        unknown = [k for k in self.data if k not in keys]
         if unknown:
             key = unknown[0]
-            hint = difflib.get_close_matches(key, sorted(self.used), n=1)
-            known = ", ".join(sorted(self.used))
+            hint = difflib.get_close_matches(key, keys, n=1)
+            known = ", ".join(sorted(keys))
             message = "unknown key" + (
                 f"; did you mean {hint[0]!r}?" if hint else f" (known: {known})"
             )
@@ -330,37 +330,48 @@ def parse_config(text: str, file: Path | None = None) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        line = getattr(e, "lineno", None)
-        msg = getattr(e, "msg", str(e))
-        raise ConfigError(f"invalid TOML: {msg}", file=file, line=line) from e
+        # Python 3.11's TOMLDecodeError has no lineno attribute; the message carries it.
+        found = re.search(r"\(at line (\d+), column \d+\)", str(e))
+        line = int(found.group(1)) if found else None
+        raise ConfigError(f"invalid TOML: {e}", file=file, line=line) from e
     loader = _Loader(file, text)
     root = _Table(data, [], loader)
+    root.allow(
+        "newsletter",
+        "sources",
+        "schedule",
+        "feeds",
+        "digest",
+        "mail",
+        "storage",
+        "http",
+        "templates",
+    )
 
     nl = _newsletter(root.table("newsletter"))
     sources = _sources(root, loader)
     schedule = _schedule(root.table("schedule"), nl.timezone)
     feeds_t = root.table("feeds")
+    feeds_t.allow("output_dir", "max_items", "ttl_minutes")
     feeds = FeedSettings(
         output_dir=feeds_t.path_value("output_dir", "feeds"),
         max_items=feeds_t.number("max_items", 50, minimum=1, integer=True),
         ttl_minutes=feeds_t.number("ttl_minutes", 60, minimum=1, integer=True),
     )
-    feeds_t.done()
     digest = _digest(root.table("digest"))
     mail = _mail(root.table("mail"))
     storage_t = root.table("storage")
+    storage_t.allow("url", "path")
     storage = StorageSettings(url=_storage_url(storage_t, loader))
-    storage_t.done()
     http_t = root.table("http")
+    http_t.allow("user_agent", "timeout")
     http = HttpSettings(
         user_agent=http_t.text("user_agent", HttpSettings.user_agent),
         timeout=float(http_t.number("timeout", HttpSettings.timeout, minimum=0.1)),
     )
-    http_t.done()
     templates = root.path_value("templates", None)
     if templates is not None and not templates.is_dir():
         raise root.error("templates", f"is not a directory: {templates}")
-    root.done()
     return Config(
         file=file,
         newsletter=nl,
@@ -378,6 +389,17 @@ def parse_config(text: str, file: Path | None = None) -> Config:
 def _newsletter(t: _Table) -> NewsletterSettings:
     if not t.data:
         raise t.loader.error(["newsletter"], "the [newsletter] table is required")
+    t.allow(
+        "title",
+        "site_url",
+        "sender",
+        "postal_address",
+        "description",
+        "language",
+        "reply_to",
+        "timezone",
+        "secret_env",
+    )
     site_url = t.text("site_url")
     parts = urlsplit(site_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -414,7 +436,6 @@ def _newsletter(t: _Table) -> NewsletterSettings:
         timezone=tz,
         secret_env=secret_env,
     )
-    t.done()
     return settings
 
 
@@ -426,6 +447,7 @@ def _sources(root: _Table, loader: _Loader) -> tuple[SourceConfig, ...]:
         if not isinstance(item, dict):
             raise loader.error(["sources", i], "expected a table ([[sources]])")
         t = _Table(item, ["sources", i], loader)
+        t.allow("name", "kind", "url", "path", "timeout", "max_bytes", "enabled")
         name = t.text("name")
         if name in names:
             raise t.error("name", f"duplicate source name {name!r}")
@@ -452,12 +474,12 @@ def _sources(root: _Table, loader: _Loader) -> tuple[SourceConfig, ...]:
             max_bytes=t.number("max_bytes", 10 * 1024 * 1024, minimum=1024, integer=True),
             enabled=t.get("enabled", bool, True),
         )
-        t.done()
         out.append(src)
     return tuple(out)
 
 
 def _schedule(t: _Table, default_tz: str) -> ScheduleSettings:
+    t.allow("gather_interval_minutes", "digest_cron", "timezone", "misfire_grace_seconds")
     tz = t.text("timezone", default_tz)
     _check_timezone(t, "timezone", tz)
     cron = t.text("digest_cron", ScheduleSettings.digest_cron)
@@ -471,11 +493,11 @@ def _schedule(t: _Table, default_tz: str) -> ScheduleSettings:
         timezone=tz,
         misfire_grace_seconds=t.number("misfire_grace_seconds", 3600, minimum=1, integer=True),
     )
-    t.done()
     return settings
 
 
 def _digest(t: _Table) -> DigestSettings:
+    t.allow("lookback_hours", "max_items", "section_by", "subject", "greeting_fallback")
     section_by = t.text("section_by", "source")
     if section_by not in SECTION_BY:
         raise t.error("section_by", f"expected one of {', '.join(SECTION_BY)}, got {section_by!r}")
@@ -486,11 +508,11 @@ def _digest(t: _Table) -> DigestSettings:
         subject=t.text("subject", DigestSettings.subject),
         greeting_fallback=t.text("greeting_fallback", "there"),
     )
-    t.done()
     return settings
 
 
 def _mail(t: _Table) -> MailSettings:
+    t.allow("backend", "outbox_dir", "batch_size")
     backend = t.text("backend", "outbox")
     if backend not in MAIL_BACKENDS:
         raise t.error("backend", f"expected one of {', '.join(MAIL_BACKENDS)}, got {backend!r}")
@@ -499,7 +521,6 @@ def _mail(t: _Table) -> MailSettings:
         outbox_dir=t.path_value("outbox_dir", "outbox"),
         batch_size=t.number("batch_size", 100, minimum=1, integer=True),
     )
-    t.done()
     return settings
 
 

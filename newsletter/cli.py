@@ -1,0 +1,495 @@
+"""The ``newsletter`` command. Parses arguments, calls ``Publisher``, prints results.
+
+The only module that writes to the terminal. A ``NewsletterError`` becomes a one-line message
+on stderr and exit code 1; a run where some sources failed exits 3 (the rest was done).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from newsletter import __version__, clock
+from newsletter.config import Config, find_config, load_config
+from newsletter.core import Publisher, make_publisher
+from newsletter.exceptions import ConfigError, NewsletterError
+from newsletter.files import atomic_write
+from newsletter.types import (
+    DeliveryResult,
+    DeliveryStatus,
+    Digest,
+    DigestCounts,
+    GatherResult,
+    SendReport,
+    SubscriberStatus,
+)
+
+EXIT_ERROR = 1
+EXIT_PARTIAL = 3  # the command ran, but some sources failed
+
+console = Console()
+err = Console(stderr=True)
+
+
+class State:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(find_config(self.config_path))
+        return self._config
+
+    @contextmanager
+    def publisher(self) -> Iterator[Publisher]:
+        publisher = make_publisher(self.config)
+        try:
+            yield publisher
+        finally:
+            publisher.close()
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    envvar="NEWSLETTER_CONFIG",
+    help="Config file (default: $NEWSLETTER_CONFIG, else ./newsletter.toml).",
+)
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.version_option(__version__, prog_name="newsletter")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) -> None:
+    """Gather articles, publish RSS/Atom/JSON feeds and send an e-mail digest."""
+    level = (
+        logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    )
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
+        force=True,
+    )
+    ctx.obj = State(config_path)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(EXIT_ERROR)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except NewsletterError as e:
+        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        sys.exit(EXIT_ERROR)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+# --- init ----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="newsletter.toml")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, force: bool) -> None:
+    """Write a commented starter config to PATH (default ./newsletter.toml)."""
+    if path.exists() and not force:
+        raise ConfigError("already exists; pass --force to overwrite it", file=path)
+    text = resources.files("newsletter").joinpath("starter.toml").read_text(encoding="utf-8")
+    atomic_write(path, text.encode())
+    load_config(path)  # the starter must always be a valid config
+    console.print(f"wrote {path}; edit it, then run `newsletter --config {path} run --once`")
+
+
+# --- gather / feeds ------------------------------------------------------------------------------
+
+
+def _gather(publisher: Publisher) -> list[GatherResult]:
+    total = len([s for s in publisher.config.sources if s.enabled])
+    with _progress("gathering", total) as advance:
+        results = publisher.gather(progress=lambda r: advance(1))
+    for r in results:
+        if r.error is not None:
+            err.print(f"[red]failed[/] {r.error}", highlight=False)
+        elif r.warning:
+            err.print(f"[yellow]warning[/] source {r.source!r}: {r.warning}", highlight=False)
+    new = sum(r.new for r in results)
+    updated = sum(r.updated for r in results)
+    failed = sum(1 for r in results if not r.ok)
+    console.print(
+        f"gathered {len(results)} sources: {new} new, {updated} updated articles"
+        + (f", [red]{failed} failed[/]" if failed else ""),
+        highlight=False,
+    )
+    return results
+
+
+@cli.command("gather")
+@pass_state
+def gather_cmd(state: State) -> None:
+    """Fetch every source once and store new and updated articles."""
+    with state.publisher() as publisher:
+        results = _gather(publisher)
+    if any(not r.ok for r in results):
+        sys.exit(EXIT_PARTIAL)
+
+
+def _feeds(publisher: Publisher) -> None:
+    written = publisher.build_feeds()
+    out = publisher.config.feeds.output_dir
+    if written:
+        console.print(
+            f"feeds: wrote {', '.join(p.name for p in written)} in {out}", highlight=False
+        )
+    else:
+        console.print(f"feeds: unchanged in {out}", highlight=False)
+
+
+@cli.command()
+@pass_state
+def feeds(state: State) -> None:
+    """Rewrite the RSS, Atom and JSON feeds from stored articles."""
+    with state.publisher() as publisher:
+        _feeds(publisher)
+
+
+# --- digest / send -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--preview",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the next digest's HTML, exactly as it will be sent, to this file.",
+)
+@click.option(
+    "--text",
+    "text_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write its plain-text part to this file.",
+)
+@click.option("--force", is_flag=True, help="Preview even when there is nothing new.")
+@pass_state
+def digest(state: State, preview: Path | None, text_path: Path | None, force: bool) -> None:
+    """Show what the next digest would hold; nothing is created or sent."""
+    with state.publisher() as publisher:
+        plan = publisher.plan_digest(force=force)
+        if not plan.articles:
+            console.print("no new articles: the next digest would not be sent (--force overrides)")
+            return
+        rendered = publisher.renderer.render(plan.articles, now=clock.now())
+        # Fill the placeholders with an example recipient, as a subscriber would see it.
+        from newsletter.render.personalize import Template
+
+        values = publisher.recipient_values(0, "reader@example.com", "Example Reader")
+        console.print(f"subject: {rendered.subject}", highlight=False)
+        console.print(
+            f"{len(plan.articles)} articles"
+            + (f" (+{plan.more} more beyond digest.max_items)" if plan.more else ""),
+            highlight=False,
+        )
+        for a in plan.articles:
+            console.print(f"  - {a.title} [dim]({a.source})[/]", highlight=False)
+        if preview is not None:
+            html = Template(rendered.html, is_html=True).fill(values)
+            atomic_write(preview, html.encode())
+            console.print(f"wrote {preview} ({len(html.encode()) / 1024:.1f} KB)", highlight=False)
+        if text_path is not None:
+            text = Template(rendered.text, is_html=False).fill(values)
+            atomic_write(text_path, text.encode())
+            console.print(f"wrote {text_path}", highlight=False)
+
+
+def _send(
+    publisher: Publisher, *, force: bool = False, resend_uncertain: bool = False
+) -> SendReport:
+    with _send_progress() as (on_start, on_batch):
+        report = publisher.send_digest(
+            force=force, resend_uncertain=resend_uncertain, progress=on_batch, on_start=on_start
+        )
+    if report.digest_id is None:
+        console.print(f"digest: nothing sent ({report.reason})", highlight=False)
+        return report
+    parts = [f"{report.sent} sent"]
+    if report.failed:
+        parts.append(f"[red]{report.failed} failed[/]")
+    if report.skipped:
+        parts.append(f"{report.skipped} skipped (unsubscribed)")
+    if report.uncertain:
+        parts.append(
+            f"[yellow]{report.uncertain} uncertain[/] (see `newsletter send --resend-uncertain`)"
+        )
+    verb = "created and delivered" if report.created else "delivered"
+    console.print(
+        f"digest {report.digest_id} {verb} ({report.articles} articles): " + ", ".join(parts),
+        highlight=False,
+    )
+    return report
+
+
+@cli.command()
+@click.option("--force", is_flag=True, help="Create a digest even when there is nothing new.")
+@click.option(
+    "--resend-uncertain",
+    is_flag=True,
+    help="Also send recipients whose delivery was in flight when a send was interrupted.",
+)
+@pass_state
+def send(state: State, force: bool, resend_uncertain: bool) -> None:
+    """Create the next digest if there is news, and deliver it (resumes an unfinished one)."""
+    with state.publisher() as publisher:
+        report = _send(publisher, force=force, resend_uncertain=resend_uncertain)
+    if report.failed:
+        sys.exit(EXIT_PARTIAL)
+
+
+# --- run -----------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="One gather, feeds and digest cycle, then exit.")
+@pass_state
+def run(state: State, once: bool) -> None:
+    """Run the schedule: gather and rebuild feeds on an interval, send on the digest cron."""
+    with state.publisher() as publisher:
+        if once:
+            results = _gather(publisher)
+            _feeds(publisher)
+            report = _send(publisher)
+            if any(not r.ok for r in results) or report.failed:
+                sys.exit(EXIT_PARTIAL)
+            return
+        from newsletter.scheduler import build_scheduler
+
+        scheduler = build_scheduler(publisher)
+        sched = publisher.config.schedule
+        console.print(
+            f"running: gather every {sched.gather_interval_minutes} min, digest at "
+            f"'{sched.digest_cron}' ({sched.timezone}); Ctrl-C stops",
+            highlight=False,
+        )
+        with suppress(KeyboardInterrupt, SystemExit):
+            scheduler.start()
+
+
+# --- status --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@pass_state
+def status(state: State) -> None:
+    """Health report: each source's last success and error, the last digest, subscribers."""
+    with state.publisher() as publisher:
+        report = publisher.status()
+    table = Table(title="sources", title_justify="left")
+    for col in ("source", "last success", "failures in a row", "last error / warning"):
+        table.add_column(col)
+    by_name = {s.name: s for s in report.sources}
+    failing = 0
+    for name in report.configured_sources:
+        s = by_name.get(name)
+        if s is None:
+            table.add_row(name, "never fetched", "0", "")
+            continue
+        failing += s.error_count > 0
+        problem = (
+            f"[red]{s.last_error}[/]"
+            if s.last_error
+            else (f"[yellow]{s.warning}[/]" if s.warning else "")
+        )
+        table.add_row(
+            name,
+            _when(s.last_success),
+            str(s.error_count) if not s.error_count else f"[red]{s.error_count}[/]",
+            problem,
+        )
+    console.print(table)
+    console.print(f"articles stored: {report.articles}", highlight=False)
+    console.print(
+        f"subscribers: {report.active_subscribers} active, {report.unsubscribed} unsubscribed",
+        highlight=False,
+    )
+    d, c = report.last_digest, report.last_digest_counts
+    if d is None or c is None:
+        console.print("last digest: none yet")
+    else:
+        console.print(
+            f"last digest: #{d.id} {d.status} created {_when(d.created_at)}"
+            f"{', sent ' + _when(d.sent_at) if d.sent_at else ''}: {len(d.article_ids)} articles; "
+            f"{c.sent} sent, {c.failed} failed, {c.skipped} skipped, {c.pending} pending, "
+            f"{c.inflight} uncertain — {d.subject!r}",
+            highlight=False,
+        )
+    if failing:
+        sys.exit(EXIT_PARTIAL)
+
+
+# --- subscribers ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def subscribers() -> None:
+    """Add, import, list and remove subscribers."""
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--name", help="The subscriber's name (used in the greeting).")
+@pass_state
+def subscribers_add(state: State, email: str, name: str | None) -> None:
+    """Add EMAIL (or re-activate it if it had unsubscribed)."""
+    with state.publisher() as publisher:
+        sub, created = publisher.add_subscriber(email, name)
+    console.print(f"{'added' if created else 'already present'}: {sub.email} ({sub.status})")
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@pass_state
+def subscribers_import(state: State, file: Path) -> None:
+    """Import FILE.csv with rows `email[,name]` (header optional). Bad rows are reported."""
+    with state.publisher() as publisher:
+        report = publisher.import_subscribers(file)
+    for line, address, reason in report.rejected:
+        err.print(f"{file}:{line}: {address!r}: {reason}", highlight=False, markup=False)
+    console.print(
+        f"imported {report.added}, already present {report.already_present}, "
+        f"rejected {len(report.rejected)}",
+        highlight=False,
+    )
+    if report.rejected:
+        sys.exit(EXIT_PARTIAL)
+
+
+@subscribers.command("list")
+@click.option(
+    "--status",
+    "status_filter",
+    type=click.Choice([s.value for s in SubscriberStatus]),
+    help="Only subscribers with this status.",
+)
+@pass_state
+def subscribers_list(state: State, status_filter: str | None) -> None:
+    """List subscribers as CSV (email,name,status,created) on stdout."""
+    import csv
+
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["email", "name", "status", "created"])
+    with state.publisher() as publisher:
+        for s in publisher.subscribers(SubscriberStatus(status_filter) if status_filter else None):
+            writer.writerow([s.email, s.name or "", s.status, s.created_at.isoformat()])
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@click.option("--delete", is_flag=True, help="Erase the subscriber and their history entirely.")
+@pass_state
+def subscribers_remove(state: State, email: str, delete: bool) -> None:
+    """Unsubscribe EMAIL (kept so no import re-adds it), or erase it with --delete."""
+    with state.publisher() as publisher:
+        changed = publisher.remove_subscriber(email, delete=delete)
+    what = "deleted" if delete else ("unsubscribed" if changed else "was already unsubscribed")
+    console.print(f"{email}: {what}", highlight=False)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+class _RateColumn(ProgressColumn):
+    """Messages per second (rich's own speed column counts bytes)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} msg/s" if speed else "- msg/s")
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M") if value else "never"
+
+
+@contextmanager
+def _progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on a terminal; nothing otherwise (logs and pipes stay clean)."""
+    if not console.is_terminal:
+        yield lambda n: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+@contextmanager
+def _send_progress() -> Iterator[
+    tuple[Callable[[Digest, DigestCounts], None], Callable[[Sequence[DeliveryResult]], None]]
+]:
+    if not console.is_terminal:
+        yield (lambda d, c: None), (lambda results: None)
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        _RateColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task: dict[str, Any] = {}
+
+        def on_start(digest: Digest, counts: DigestCounts) -> None:
+            task["id"] = progress.add_task(
+                f"sending digest {digest.id}", total=counts.pending, failed=0
+            )
+
+        def on_batch(results: Sequence[DeliveryResult]) -> None:
+            failed = sum(1 for r in results if r.status == DeliveryStatus.FAILED)
+            tid = task["id"]
+            progress.update(
+                tid, advance=len(results), failed=progress.tasks[tid].fields["failed"] + failed
+            )
+
+        yield on_start, on_batch

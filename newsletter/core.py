@@ -1,0 +1,383 @@
+"""``make_publisher`` wires the parts; ``Publisher`` is the one door the CLI, the scheduler and
+the web app all go through.
+
+Owns the order of the pipeline and its rules (what goes into a digest, when one is created,
+what counts as sent). Does not own SQL (``storage``), HTTP or parsing (``sources``), templates
+(``render``) or wire formats (``mail``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import secrets
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import requests
+
+from newsletter import clock
+from newsletter.addresses import validate_address
+from newsletter.config import Config
+from newsletter.exceptions import SubscriberError
+from newsletter.gather import gather
+from newsletter.mail import make_backend
+from newsletter.mail.base import MailBackend
+from newsletter.render.digest import DigestRenderer, RenderedDigest
+from newsletter.render.feeds import write_feeds
+from newsletter.sources import Source, make_source
+from newsletter.storage import Storage
+from newsletter.tokens import UnsubscribeTokens
+from newsletter.types import (
+    Article,
+    DeliveryResult,
+    Digest,
+    DigestCounts,
+    DigestStatus,
+    GatherResult,
+    ImportReport,
+    MessageContent,
+    Recipient,
+    SendReport,
+    SourceState,
+    Subscriber,
+    SubscriberStatus,
+)
+
+log = logging.getLogger(__name__)
+
+SECRET_META_KEY = "generated_secret"  # noqa: S105 - a key name, not a secret
+
+
+@dataclass(frozen=True)
+class DigestPlan:
+    """What the next digest would hold, computed without creating it."""
+
+    articles: tuple[Article, ...]
+    more: int  # new articles beyond ``digest.max_items``
+    first: bool  # no digest was ever created
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    sources: tuple[SourceState, ...]
+    configured_sources: tuple[str, ...]
+    last_digest: Digest | None
+    last_digest_counts: DigestCounts | None
+    active_subscribers: int
+    unsubscribed: int
+    articles: int
+
+
+def make_publisher(config: Config, *, storage: Storage | None = None) -> Publisher:
+    """Open the storage the config names (migrating it) and return a ``Publisher``."""
+    return Publisher(config, storage or Storage(config.storage.url))
+
+
+class Publisher:
+    def __init__(self, config: Config, storage: Storage) -> None:
+        self.config = config
+        self.storage = storage
+
+    def close(self) -> None:
+        self.storage.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- parts built on first use ----------------------------------------------------------------
+
+    @cached_property
+    def renderer(self) -> DigestRenderer:
+        return DigestRenderer(self.config)
+
+    @cached_property
+    def backend(self) -> MailBackend:
+        return make_backend(self.config)
+
+    @cached_property
+    def tokens(self) -> UnsubscribeTokens:
+        return UnsubscribeTokens(self._secret(), self.config.newsletter.list_id)
+
+    def _secret(self) -> str:
+        env = self.config.newsletter.secret_env
+        value = self.config.secret(env)
+        if value:
+            return value
+        # Without the variable, links would change on every run if we made one up each time;
+        # a generated secret kept in the database (never in the repo) keeps them valid.
+        log.warning(
+            "$%s is not set: using a secret generated and kept in the database; "
+            "set $%s to keep unsubscribe links valid across databases",
+            env,
+            env,
+        )
+        return self.storage.get_or_create_meta(SECRET_META_KEY, lambda: secrets.token_urlsafe(32))
+
+    # --- gather and feeds ------------------------------------------------------------------------
+
+    def sources(self, session: requests.Session) -> list[Source]:
+        tz = ZoneInfo(self.config.newsletter.timezone)
+        return [
+            make_source(c, session=session, http=self.config.http, timezone=tz)
+            for c in self.config.sources
+            if c.enabled
+        ]
+
+    def gather(
+        self, *, progress: Callable[[GatherResult], None] | None = None
+    ) -> list[GatherResult]:
+        """Fetch every enabled source and store its articles. One result per source."""
+        with requests.Session() as session:
+            session.headers["User-Agent"] = self.config.http.user_agent
+            return gather(self.sources(session), self.storage, progress=progress)
+
+    def build_feeds(self) -> list[Path]:
+        """Rewrite the feeds from the newest articles. Unchanged feeds are left untouched."""
+        articles = self.storage.recent_articles(self.config.feeds.max_items)
+        return write_feeds(articles, self.config.newsletter, self.config.feeds)
+
+    # --- digests ---------------------------------------------------------------------------------
+
+    def plan_digest(self, *, force: bool = False) -> DigestPlan:
+        """The articles the next digest would carry (see README, "What goes into a digest")."""
+        now = clock.now()
+        last = self.storage.last_digest()
+        lookback = now - timedelta(hours=self.config.digest.lookback_hours)
+        candidates = self.storage.digest_candidates(
+            gathered_after=last.created_at if last else None,
+            published_after=lookback,
+            limit=None,
+        )
+        if not candidates and force:
+            candidates = self.storage.recent_articles(self.config.digest.max_items)
+        limit = self.config.digest.max_items
+        return DigestPlan(
+            articles=tuple(candidates[:limit]),
+            more=max(0, len(candidates) - limit),
+            first=last is None,
+        )
+
+    def render_next_digest(self, *, force: bool = False) -> RenderedDigest | None:
+        """Render what would be sent now, without creating anything (the editors' preview)."""
+        plan = self.plan_digest(force=force)
+        if not plan.articles:
+            return None
+        return self.renderer.render(plan.articles, now=clock.now())
+
+    def send_digest(
+        self,
+        *,
+        force: bool = False,
+        resend_uncertain: bool = False,
+        progress: Callable[[Sequence[DeliveryResult]], None] | None = None,
+        on_start: Callable[[Digest, DigestCounts], None] | None = None,
+    ) -> SendReport:
+        """Create the next digest if there is news (or ``force``), then deliver what is pending.
+
+        Safe to rerun at any point: an unfinished digest is resumed rather than created again,
+        and a recipient recorded as sent is never sent again. Deliveries left in flight by a
+        crash are re-sent only when the backend is idempotent or ``resend_uncertain`` is given.
+        """
+        now = clock.now()
+        created = False
+        digest = self.storage.unfinished_digest()
+        if digest is None and resend_uncertain:
+            digest = self.storage.last_digest()
+            if digest is not None and not self.storage.digest_counts(digest.id).inflight:
+                digest = None
+        if digest is None:
+            plan = self.plan_digest(force=force)
+            if not plan.articles:
+                lookback = self.config.digest.lookback_hours
+                reason = (
+                    "no new articles since the last digest"
+                    if not plan.first
+                    else f"no articles published in the last {lookback:g} h"
+                )
+                return SendReport(digest_id=None, reason=reason)
+            rendered = self.renderer.render(plan.articles, now=now)
+            digest = self.storage.create_digest(
+                subject=rendered.subject,
+                preheader=rendered.preheader,
+                html=rendered.html,
+                text=rendered.text,
+                article_ids=[a.id for a in plan.articles],
+                now=now,
+            )
+            created = True
+            log.info("digest %d created: %d articles", digest.id, len(plan.articles))
+
+        backend = self.backend
+        counts = self.storage.digest_counts(digest.id)
+        if counts.inflight and (backend.idempotent or resend_uncertain):
+            requeued = self.storage.requeue_inflight(digest.id, now)
+            log.warning("digest %d: re-sending %d deliveries left in flight", digest.id, requeued)
+            counts = self.storage.digest_counts(digest.id)
+        if on_start is not None:
+            on_start(digest, counts)
+
+        before = counts
+        if counts.pending:
+            backend.send(self._content(digest), _StorageLedger(self, digest.id), progress=progress)
+        after = self.storage.digest_counts(digest.id)
+        if after.pending == 0 and digest.status != DigestStatus.SENT:
+            self.storage.finish_digest(digest.id, clock.now())
+        if after.inflight:
+            log.warning(
+                "digest %d: %d deliveries are uncertain (in flight when a send was interrupted); "
+                "`newsletter send --resend-uncertain` sends them again",
+                digest.id,
+                after.inflight,
+            )
+        return SendReport(
+            digest_id=digest.id,
+            created=created,
+            sent=after.sent - before.sent,
+            failed=after.failed - before.failed,
+            skipped=after.skipped - before.skipped,
+            uncertain=after.inflight,
+            articles=len(digest.article_ids),
+        )
+
+    def _content(self, digest: Digest) -> MessageContent:
+        nl = self.config.newsletter
+        return MessageContent(
+            digest_id=digest.id,
+            digest_uid=digest.uid,
+            subject=digest.subject,
+            from_addr=nl.sender,
+            html=digest.html,
+            text=digest.text,
+            reply_to=nl.reply_to,
+            list_id=nl.list_id,
+            message_id_domain=nl.domain,
+            unsubscribe_mailto=f"mailto:{nl.sender_email}?subject=unsubscribe",
+        )
+
+    def recipient_values(self, subscriber_id: int, email: str, name: str | None) -> dict[str, str]:
+        """The per-recipient values that fill a digest's placeholders."""
+        token = self.tokens.make(subscriber_id, email)
+        first = (name or "").split()
+        return {
+            "email": email,
+            "name": name or "",
+            "first_name": first[0] if first else self.config.digest.greeting_fallback,
+            "unsubscribe_url": f"{self.config.newsletter.site_url}unsubscribe/{token}",
+        }
+
+    # --- subscribers -----------------------------------------------------------------------------
+
+    def add_subscriber(self, email: str, name: str | None = None) -> tuple[Subscriber, bool]:
+        address = validate_address(email)
+        return self.storage.add_subscriber(address, _clean_name(name), clock.now())
+
+    def import_subscribers(self, path: Path) -> ImportReport:
+        """Import a CSV of ``email[,name]`` rows (a header row is optional).
+
+        Good rows are imported in one transaction; bad rows are reported by line number.
+        Nobody who unsubscribed is brought back by an import.
+        """
+        good: list[tuple[str, str | None]] = []
+        rejected: list[tuple[int, str, str]] = []
+        seen: set[str] = set()
+        duplicates = 0
+        for line, email, name in _read_csv(path):
+            try:
+                address = validate_address(email)
+            except SubscriberError as e:
+                rejected.append((line, email, e.message))
+                continue
+            if address.lower() in seen:
+                duplicates += 1
+                continue
+            seen.add(address.lower())
+            good.append((address, _clean_name(name)))
+        added, present = self.storage.add_subscribers(good, clock.now())
+        return ImportReport(
+            added=added, already_present=present + duplicates, rejected=tuple(rejected)
+        )
+
+    def remove_subscriber(self, email: str, *, delete: bool = False) -> bool:
+        """Unsubscribe (kept as a suppression), or with ``delete`` erase the subscriber."""
+        if delete:
+            self.storage.delete_subscriber(email.strip())
+            return True
+        return self.storage.unsubscribe(email.strip(), clock.now())
+
+    def subscribers(self, status: SubscriberStatus | None = None) -> Iterator[Subscriber]:
+        return self.storage.iter_subscribers(status=status)
+
+    # --- status ----------------------------------------------------------------------------------
+
+    def status(self) -> StatusReport:
+        last = self.storage.last_digest()
+        return StatusReport(
+            sources=tuple(self.storage.source_states()),
+            configured_sources=tuple(c.name for c in self.config.sources if c.enabled),
+            last_digest=last,
+            last_digest_counts=self.storage.digest_counts(last.id) if last else None,
+            active_subscribers=self.storage.count_subscribers(SubscriberStatus.ACTIVE),
+            unsubscribed=self.storage.count_subscribers(SubscriberStatus.UNSUBSCRIBED),
+            articles=self.storage.count_articles(),
+        )
+
+
+class _StorageLedger:
+    """Binds the mail send loop to Storage: claims mark a batch in flight before it is sent."""
+
+    def __init__(self, publisher: Publisher, digest_id: int) -> None:
+        self.publisher = publisher
+        self.digest_id = digest_id
+
+    def claim(self, size: int) -> list[Recipient]:
+        batch = self.publisher.storage.claim_batch(self.digest_id, size, clock.now())
+        values = self.publisher.recipient_values
+        return [
+            Recipient(r.subscriber_id, r.email, r.name, values(r.subscriber_id, r.email, r.name))
+            for r in batch
+        ]
+
+    def record(self, results: Sequence[DeliveryResult]) -> None:
+        self.publisher.storage.record_results(self.digest_id, results, clock.now())
+
+
+def _clean_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    # A name ends up in the To: header; folding line breaks keeps it one header.
+    cleaned = " ".join(name.split())
+    return cleaned or None
+
+
+def _read_csv(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    """Yield (line number, email, name) for each data row of a subscribers CSV."""
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as e:
+        raise SubscriberError(f"cannot read {path}: {e.strerror}") from e
+    with handle:
+        reader = csv.reader(handle)
+        first = True
+        try:
+            for row in reader:
+                line = reader.line_num
+                if not row or not any(cell.strip() for cell in row):
+                    continue
+                if first:
+                    first = False
+                    if row[0].strip().lower() in ("email", "e-mail", "address", "email address"):
+                        continue
+                name = row[1].strip() if len(row) > 1 and row[1].strip() else None
+                yield line, row[0].strip(), name
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise SubscriberError(
+                f"{path}: not a readable CSV file: {e}", line=reader.line_num
+            ) from e

@@ -1,0 +1,40 @@
+"""Shared fixtures: a copy of the shipped example project in a temp dir, and a fixed clock."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from newsletter import clock
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture
+def example_project(tmp_path: Path) -> Path:
+    """examples/ copied to tmp_path/project, with feeds and outbox kept inside the copy.
+
+    Returns the path of the copied config file.
+    """
+    project = tmp_path / "project"
+    shutil.copytree(EXAMPLES, project, ignore=shutil.ignore_patterns("*.db*"))
+    config = project / "newsletter.toml"
+    text = config.read_text()
+    text = text.replace('output_dir = "../feeds"', 'output_dir = "feeds-out"')
+    text = text.replace('outbox_dir = "../outbox"', 'outbox_dir = "outbox"')
+    config.write_text(text)
+    return config
+
+
+@pytest.fixture
+def fixed_clock() -> Iterator[list[datetime]]:
+    """Freeze ``clock.now()``; tests move time by assigning ``fixed_clock[0]``."""
+    current = [datetime(2026, 11, 22, 8, 0, tzinfo=UTC)]
+    clock.set_now(lambda: current[0])
+    yield current
+    clock.set_now(None)
