@@ -1,0 +1,380 @@
+"""The gather pipeline: sources -> normalize -> sanitize -> storage, one result per source.
+
+Owns: running every source's fetch in a thread pool (network waits overlap), turning each
+``EntryData`` into an ``ArticleData`` (stable key, canonical URL, plain-text title, sanitized
+HTML, a summary), and storing each source's outcome from the calling thread, one transaction per
+source. Errors are values: a failing source becomes a ``GatherResult`` with ``error`` set and is
+recorded in storage; it never stops the others.
+
+Does not own: fetching or parsing (``newsletter.sources``), SQL and deciding whether a stored
+article changed (``newsletter.storage``), which sources are enabled (the caller passes only the
+ones to gather), scheduling or retries.
+
+Sanitizing is here, and only here, so every kind of source gets the same treatment: nh3 keeps a
+conservative set of tags, drops scripts, styles, frames, forms, event handlers and inline styles,
+allows only http, https and mailto URLs, makes relative URLs absolute and marks links
+``rel="noopener noreferrer"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import unquote_plus, urljoin, urlsplit, urlunsplit
+
+import nh3
+
+from newsletter import clock
+from newsletter.exceptions import SourceError
+from newsletter.sources import Source
+from newsletter.storage import Storage
+from newsletter.text import html_to_text, shorten
+from newsletter.types import ArticleData, EntryData, FetchResult, GatherResult, SourceState
+
+log = logging.getLogger(__name__)
+
+__all__ = ["canonical_url", "gather", "normalize", "sanitize_html"]
+
+SUMMARY_CHARS = 300
+# A "summary" with more text than this is the whole article (RSS feeds often put everything in
+# <description>); a digest wants an excerpt instead.
+_LONGEST_SUMMARY = 1000
+UNTITLED = "Untitled"
+
+# Query parameters that only say where a click came from. Matched case-insensitively; any
+# parameter starting with "utm_" is dropped too.
+TRACKING_PARAMS = frozenset(
+    {
+        "fbclid",
+        "gclid",
+        "dclid",
+        "gbraid",
+        "wbraid",
+        "msclkid",
+        "yclid",
+        "twclid",
+        "igshid",
+        "mc_cid",
+        "mc_eid",
+        "_hsenc",
+        "_hsmi",
+        "__hstc",
+        "__hssc",
+        "__hsfp",
+        "mkt_tok",
+        "ref_src",
+        "ref_url",
+        "_ga",
+        "_gl",
+        "oly_anon_id",
+        "oly_enc_id",
+        "vero_id",
+        "vero_conv",
+        "wickedid",
+    }
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+_URL_SCHEMES = frozenset({"http", "https", "mailto"})
+_URL_ATTRIBUTES = frozenset({"href", "src", "cite"})
+_ATTRIBUTES: dict[str, set[str]] = {
+    tag: set(attrs) for tag, attrs in nh3.ALLOWED_ATTRIBUTES.items()
+} | {
+    "a": {*nh3.ALLOWED_ATTRIBUTES.get("a", ()), "title"},
+    "img": {*nh3.ALLOWED_ATTRIBUTES.get("img", ()), "title"},
+    "abbr": {"title"},
+}
+# Removed with everything inside them; other disallowed tags are unwrapped and keep their text.
+_CLEAN_CONTENT_TAGS = frozenset({"script", "style", "template", "iframe"})
+
+
+# --- URLs ----------------------------------------------------------------------------------------
+
+
+def canonical_url(url: str | None, base: str | None = None) -> str | None:
+    """``url`` resolved against ``base`` and normalized, or None if it is not an http(s) URL.
+
+    Lower-cases scheme and host, drops a default port, the fragment and tracking parameters
+    (``utm_*``, ``fbclid``, ... see ``TRACKING_PARAMS``), and keeps every other query parameter
+    as written, in order.
+    """
+    if url is None or not url.strip():
+        return None
+    absolute = _absolute(url.strip(), base)
+    if absolute is None:
+        return None
+    try:
+        parts = urlsplit(absolute)
+        host = parts.hostname  # lower-cased by urlsplit
+        port = parts.port
+    except ValueError:  # a malformed IPv6 literal or port
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS[parts.scheme]:
+        host = f"{host}:{port}"
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}@{host}" if at else host
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", _drop_tracking(parts.query), ""))
+
+
+def _absolute(url: str, base: str | None) -> str | None:
+    try:
+        return urljoin(base, url) if base else url
+    except ValueError:
+        return None
+
+
+def _drop_tracking(query: str) -> str:
+    # Split the raw query rather than parse and re-encode it, so what is kept stays byte-for-byte
+    # as the publisher wrote it.
+    kept = []
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        name = unquote_plus(pair.partition("=")[0]).lower()
+        if name.startswith("utm_") or name in TRACKING_PARAMS:
+            continue
+        kept.append(pair)
+    return "&".join(kept)
+
+
+def _without_tracking(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query=_drop_tracking(parts.query)))
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+
+def sanitize_html(html_text: str, base_url: str | None) -> str:
+    """Sanitized HTML, safe to put in a feed, a web page or an e-mail.
+
+    Relative ``href``/``src``/``cite`` URLs are made absolute against ``base_url`` (left as they
+    are when there is none), tracking parameters are dropped from links, and only http, https
+    and mailto URLs survive. ``data:`` URLs are refused, images included: most mail clients
+    block them and they would make every digest carry the bytes inline.
+    """
+    if not html_text or not html_text.strip():
+        return ""
+
+    def url_filter(tag: str, attribute: str, value: str) -> str | None:
+        # nh3 checks URL schemes *before* calling this filter and not after, so whatever this
+        # returns must be checked here. It must not raise either: nh3 would only report the
+        # error to sys.unraisablehook.
+        if attribute not in _URL_ATTRIBUTES:
+            return value
+        try:
+            resolved = _absolute(value.strip(), base_url)
+            if resolved is None:
+                return None
+            scheme = urlsplit(resolved).scheme.lower()
+            if scheme and scheme not in _URL_SCHEMES:
+                return None
+            if attribute == "href" and scheme in _DEFAULT_PORTS:
+                resolved = _without_tracking(resolved)
+        except ValueError:
+            return None
+        return resolved
+
+    return nh3.clean(
+        html_text,
+        attributes=_ATTRIBUTES,
+        clean_content_tags=_CLEAN_CONTENT_TAGS,
+        attribute_filter=url_filter,
+        url_schemes=_URL_SCHEMES,
+        link_rel="noopener noreferrer",
+        strip_comments=True,
+    ).strip()
+
+
+# --- entries -------------------------------------------------------------------------------------
+
+
+def normalize(source: str, entry: EntryData, base_url: str | None) -> ArticleData | None:
+    """The article an entry describes, or None for an entry with no title, URL or content.
+
+    ``key`` is the entry's guid, else its canonical URL, else a hash of its title and content.
+    Relative links in the content resolve against ``base_url`` (where the feed came from), or
+    against the article's own URL when the source has no base.
+    """
+    url = canonical_url(entry.url, base_url)
+    link_base = base_url or url
+    raw_content = entry.content or entry.summary or ""
+    content = sanitize_html(raw_content, link_base)
+    title = html_to_text(entry.title)
+    if not title and url is None and not content:
+        return None
+    summary = sanitize_html(entry.summary, link_base) if entry.summary else ""
+    summary_text = html_to_text(summary)
+    if not summary_text or len(summary_text) > _LONGEST_SUMMARY:
+        # Derived summaries are plain text: escaping makes them valid HTML like the others.
+        summary = html.escape(
+            shorten(summary_text or html_to_text(content), SUMMARY_CHARS), quote=False
+        )
+    guid = (entry.guid or "").strip()
+    if guid:
+        key = guid
+    elif url is not None:
+        key = url
+    else:
+        # Hash what the source gave, not our sanitized output, so a sanitizer upgrade cannot
+        # change the key (and duplicate the article).
+        raw = f"{entry.title}\n{raw_content}".encode()
+        key = "sha256:" + hashlib.sha256(raw).hexdigest()
+    published = _aware(entry.published) or _aware(entry.updated)
+    image = canonical_url(entry.image_url, link_base) if entry.image_url else None
+    author = " ".join((entry.author or "").split()) or None
+    return ArticleData(
+        source=source,
+        key=key,
+        title=title or UNTITLED,
+        url=url,
+        author=author,
+        # A feed with only an "updated" date (RSS 1.0's dc:date, many Atom feeds) means that.
+        published=published,
+        updated=_aware(entry.updated),
+        summary=summary,
+        content=content,
+        tags=_tags(entry.tags),
+        image_url=image,
+    )
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # Storage compares with an aware "now"; a naive date from a source is taken as UTC.
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _tags(tags: Sequence[str]) -> tuple[str, ...]:
+    seen: set[str] = set()
+    out: list[str] = []
+    for tag in tags:
+        clean = " ".join(tag.split())
+        if clean and clean.casefold() not in seen:
+            seen.add(clean.casefold())
+            out.append(clean)
+    return tuple(out)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    result: FetchResult
+    articles: tuple[ArticleData, ...]
+
+
+def gather(
+    sources: Sequence[Source],
+    storage: Storage,
+    *,
+    progress: Callable[[GatherResult], None] | None = None,
+    max_workers: int = 8,
+) -> list[GatherResult]:
+    """Fetch every source and store what it found. Returns one result per source, in order.
+
+    Fetching (and normalizing) runs in up to ``max_workers`` threads; storing runs in the
+    calling thread, one transaction per source, as each fetch finishes, and ``progress`` is
+    called with each result right after. A ``SourceError`` is recorded for its source and
+    returned as a value. ``StorageError`` is not a source's problem and propagates.
+    """
+    if not sources:
+        return []
+    states = [storage.sync_source(s.name, s.location) for s in sources]
+    results: list[GatherResult | None] = [None] * len(sources)
+    workers = max(1, min(max_workers, len(sources)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gather") as pool:
+        futures: dict[Future[_Fetched | SourceError], int] = {
+            pool.submit(_fetch, source, state): i
+            for i, (source, state) in enumerate(zip(sources, states, strict=True))
+        }
+        try:
+            for future in as_completed(futures):
+                i = futures[future]
+                result = _store(storage, sources[i].name, states[i], future.result())
+                results[i] = result
+                if progress is not None:
+                    progress(result)
+        except BaseException:
+            # Storage failed (or we were interrupted): do not start fetches nobody will store.
+            for future in futures:
+                future.cancel()
+            raise
+    return [r for r in results if r is not None]
+
+
+def _fetch(source: Source, state: SourceState) -> _Fetched | SourceError:
+    """Runs in a worker thread: fetch and normalize one source. Never raises."""
+    try:
+        result = source.fetch(state)
+        articles = _normalize_all(source.name, result)
+    except SourceError as e:
+        return e
+    except Exception as e:
+        # Anything else is a bug, in our code or a parser's. It is still one source's problem:
+        # log the traceback and record it like any other failure, so the other sources go on.
+        log.exception("source %r: unexpected error", source.name)
+        return SourceError(
+            f"unexpected error: {type(e).__name__}: {e}", source=source.name, url=source.location
+        )
+    return _Fetched(result, articles)
+
+
+def _normalize_all(name: str, result: FetchResult) -> tuple[ArticleData, ...]:
+    by_key: dict[str, ArticleData] = {}
+    for entry in result.entries:
+        article = normalize(name, entry, result.base_url)
+        if article is None:
+            log.debug("source %r: skipped an entry with no title, URL or content", name)
+        elif article.key in by_key:
+            # The same entry twice in one document: feeds list newest first, keep that one.
+            log.debug("source %r: duplicate entry %r ignored", name, article.key)
+        else:
+            by_key[article.key] = article
+    return tuple(by_key.values())
+
+
+def _store(
+    storage: Storage, name: str, state: SourceState, outcome: _Fetched | SourceError
+) -> GatherResult:
+    now = clock.now()
+    if isinstance(outcome, SourceError):
+        log.warning("%s", outcome)
+        storage.store_fetch_error(name, str(outcome), now)
+        return GatherResult(source=name, error=outcome)
+    result = outcome.result
+    # Nothing was parsed on a 304 (or an unchanged file), so the last warning still stands.
+    warning = state.warning if result.not_modified else result.warning
+    new, updated, unchanged = storage.store_fetch(
+        name, result, outcome.articles, now, warning=warning
+    )
+    if result.warning:
+        log.warning("source %r: %s", name, result.warning)
+    if result.permanent_url:
+        log.info("source %r moved permanently to %s", name, result.permanent_url)
+    log.info(
+        "source %r: %s",
+        name,
+        "not modified"
+        if result.not_modified
+        else f"{new} new, {updated} updated, {unchanged} unchanged",
+    )
+    return GatherResult(
+        source=name,
+        new=new,
+        updated=updated,
+        unchanged=unchanged,
+        not_modified=result.not_modified,
+        warning=warning,
+    )
