@@ -1,0 +1,82 @@
+"""The outbox backend: every message is written to disk as an ``.eml`` file instead of sent.
+
+For previews, tests and dry runs. Like Django's file-based backend it is a test double that
+still validates: each message is built and checked by ``mail.message`` exactly as a real
+backend would, so a digest that passes here has well-formed mail. Files go to
+``<directory>/<digest_id>/<subscriber_id>-<address>.eml``, written atomically; writing the same
+recipient again replaces the file, so re-sending a batch after a crash is harmless.
+
+Does not own: the send loop (``MailBackend.send``) or anything about who receives what.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from newsletter import clock
+from newsletter.exceptions import MailError
+from newsletter.files import atomic_write
+from newsletter.mail.base import MailBackend, PreparedContent
+from newsletter.mail.message import build_message
+from newsletter.types import DeliveryResult, DeliveryStatus, Recipient
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
+_MAX_NAME = 100  # of the address part; well under any file system's limit
+
+
+class OutboxBackend(MailBackend):
+    name = "outbox"
+    idempotent = True  # a rewrite of the same file is harmless
+
+    def __init__(self, directory: Path, batch_size: int = 100) -> None:
+        self.directory = directory
+        self.batch_size = batch_size
+
+    def path_for(self, digest_id: int, recipient: Recipient) -> Path:
+        """Where the message of ``digest_id`` for ``recipient`` is written."""
+        safe = _UNSAFE.sub("_", recipient.email)[:_MAX_NAME]
+        return self.directory / str(digest_id) / f"{recipient.subscriber_id}-{safe}.eml"
+
+    def send_batch(
+        self, content: PreparedContent, recipients: Sequence[Recipient]
+    ) -> list[DeliveryResult]:
+        date = clock.now()
+        return [self._write(content, recipient, date) for recipient in recipients]
+
+    def _write(
+        self, content: PreparedContent, recipient: Recipient, date: datetime
+    ) -> DeliveryResult:
+        """One recipient; a message that fails validation or cannot be written is FAILED."""
+        try:
+            msg = build_message(content, recipient, date=date, backend=self.name)
+            path = self.path_for(content.content.digest_id, recipient)
+            # The message's own policy: CRLF line ends (RFC 5322), long raw headers unfolded.
+            atomic_write(path, msg.as_bytes())
+        except MailError as e:
+            log.warning("not written: %s", e)
+            return self._failed(recipient, str(e))
+        except OSError as e:
+            log.error("cannot write the message to %s: %s", recipient.email, e)
+            return self._failed(recipient, f"{self.name}: cannot write {e.filename}: {e.strerror}")
+        log.debug("wrote %s", path)
+        return DeliveryResult(
+            subscriber_id=recipient.subscriber_id,
+            email=recipient.email,
+            status=DeliveryStatus.SENT,
+            message_id=str(msg["Message-ID"]),
+        )
+
+    @staticmethod
+    def _failed(recipient: Recipient, reason: str) -> DeliveryResult:
+        return DeliveryResult(
+            subscriber_id=recipient.subscriber_id,
+            email=recipient.email,
+            status=DeliveryStatus.FAILED,
+            error=reason,
+        )
