@@ -20,9 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger
-
 from newsletter.addresses import validate_address
+from newsletter.cron import crontab_trigger
 from newsletter.exceptions import ConfigError, SubscriberError
 
 DEFAULT_CONFIG_NAME = "newsletter.toml"
@@ -484,7 +483,7 @@ def _schedule(t: _Table, default_tz: str) -> ScheduleSettings:
     _check_timezone(t, "timezone", tz)
     cron = t.text("digest_cron", ScheduleSettings.digest_cron)
     try:
-        CronTrigger.from_crontab(cron, timezone=ZoneInfo(tz))
+        crontab_trigger(cron, ZoneInfo(tz))
     except ValueError as e:
         raise t.error("digest_cron", f"not a valid crontab expression ({e})") from e
     settings = ScheduleSettings(

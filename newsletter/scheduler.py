@@ -15,11 +15,11 @@ from zoneinfo import ZoneInfo
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from newsletter import clock
 from newsletter.core import Publisher
+from newsletter.cron import crontab_trigger
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,14 @@ def build_scheduler(publisher: Publisher) -> BlockingScheduler:
     sched = publisher.config.schedule
     tz = ZoneInfo(sched.timezone)
     scheduler = BlockingScheduler(
-        timezone=tz,
-        executors={"default": ThreadPoolExecutor(max_workers=1)},
-        job_defaults={
-            "coalesce": True,
-            "max_instances": 1,
-            "misfire_grace_time": sched.misfire_grace_seconds,
-        },
+        timezone=tz, executors={"default": ThreadPoolExecutor(max_workers=1)}
     )
+    # Given per job rather than as job_defaults, so the jobs carry them before start().
+    options = {
+        "coalesce": True,
+        "max_instances": 1,
+        "misfire_grace_time": sched.misfire_grace_seconds,
+    }
     scheduler.add_job(
         gather_job,
         IntervalTrigger(minutes=sched.gather_interval_minutes, timezone=tz),
@@ -73,13 +73,15 @@ def build_scheduler(publisher: Publisher) -> BlockingScheduler:
         id="gather",
         name="gather sources and rebuild feeds",
         next_run_time=clock.now(),
+        **options,
     )
     scheduler.add_job(
         digest_job,
-        CronTrigger.from_crontab(sched.digest_cron, timezone=tz),
+        crontab_trigger(sched.digest_cron, tz),
         args=[publisher],
         id="digest",
         name="send the digest",
+        **options,
     )
 
     def on_event(event: JobExecutionEvent) -> None:

@@ -26,8 +26,9 @@ def newsletter(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
 
 def test_run_once_twice_like_make_run(example_project: Path) -> None:
     cfg = str(example_project)
-    imported = newsletter("--config", cfg, "subscribers", "import",
-                          str(example_project.parent / "subscribers.csv"))
+    imported = newsletter(
+        "--config", cfg, "subscribers", "import", str(example_project.parent / "subscribers.csv")
+    )
     assert imported.returncode == 0, imported.stderr
     assert "imported 4" in imported.stdout
 
@@ -117,8 +118,9 @@ def test_digest_preview_writes_the_html_that_would_be_sent(example_project: Path
     assert "digest 1 created" in sent.stdout
 
 
-@pytest.mark.parametrize("command", ["gather", "feeds", "digest", "send", "run", "status",
-                                     "subscribers", "init"])
+@pytest.mark.parametrize(
+    "command", ["gather", "feeds", "digest", "send", "run", "status", "subscribers", "init"]
+)
 def test_every_command_has_help(command: str) -> None:
     result = newsletter(command, "--help")
     assert result.returncode == 0

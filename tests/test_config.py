@@ -68,9 +68,8 @@ def test_unknown_key_names_file_line_key_and_suggestion(tmp_path: Path) -> None:
     e = error_for(tmp_path, text)
     assert e.key == "sources[1].urll"
     assert e.line == text.splitlines().index('urll = "https://b.example/feed"') + 1
-    assert str(e) == (
-        f"{tmp_path / 'newsletter.toml'}:{e.line}: sources[1].urll: unknown key; did you mean 'url'?"
-    )
+    where = f"{tmp_path / 'newsletter.toml'}:{e.line}"
+    assert str(e) == f"{where}: sources[1].urll: unknown key; did you mean 'url'?"
 
 
 def test_wrong_type_names_expected_value(tmp_path: Path) -> None:

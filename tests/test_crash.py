@@ -33,7 +33,9 @@ def _send(config: Path) -> subprocess.Popen[bytes]:
 def test_kill_during_delivery_then_rerun_sends_each_remaining_once(
     example_project: Path, fixed_clock: list[datetime]
 ) -> None:
-    text = example_project.read_text().replace('backend = "outbox"', 'backend = "outbox"\nbatch_size = 25')
+    text = example_project.read_text().replace(
+        'backend = "outbox"', 'backend = "outbox"\nbatch_size = 25'
+    )
     example_project.write_text(text)
     config = load_config(example_project)
     publisher = make_publisher(config)
@@ -51,7 +53,7 @@ def test_kill_during_delivery_then_rerun_sends_each_remaining_once(
             break
         time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
-    child.wait(timeout=10)
+    child.communicate(timeout=10)  # reaps the child and closes its pipes
     assert child.returncode == -signal.SIGKILL
 
     digest = publisher.storage.last_digest()

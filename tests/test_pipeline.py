@@ -40,8 +40,12 @@ def outbox_messages(publisher: Publisher, digest_id: int) -> dict[str, EmailMess
 
 def test_gather_stores_every_example_article_once(publisher: Publisher) -> None:
     first = publisher.gather()
-    assert [r.source for r in first] == ["Editorial", "Field Notes", "Open Source Digest",
-                                          "Tiny Links"]
+    assert [r.source for r in first] == [
+        "Editorial",
+        "Field Notes",
+        "Open Source Digest",
+        "Tiny Links",
+    ]
     assert all(r.ok for r in first), [str(r.error) for r in first]
     assert sum(r.new for r in first) == 9
     again = publisher.gather()
@@ -135,7 +139,9 @@ def test_unsubscribed_never_receive(publisher: Publisher) -> None:
 def test_recipient_list_is_frozen_when_the_digest_is_created(
     example_project: Path, fixed_clock: list[datetime]
 ) -> None:
-    text = example_project.read_text().replace('backend = "outbox"', 'backend = "outbox"\nbatch_size = 1')
+    text = example_project.read_text().replace(
+        'backend = "outbox"', 'backend = "outbox"\nbatch_size = 1'
+    )
     example_project.write_text(text)
     publisher = make_publisher(load_config(example_project))
     publisher.import_subscribers(example_project.parent / "subscribers.csv")
@@ -160,16 +166,17 @@ def test_recipient_list_is_frozen_when_the_digest_is_created(
 def test_first_digest_skips_the_back_catalogue(
     example_project: Path, fixed_clock: list[datetime]
 ) -> None:
-    # With the default one-day look-back, only articles published in the last day count.
-    text = example_project.read_text().replace("lookback_hours = 100000", "lookback_hours = 24")
+    # With a two-day look-back, only articles published in the last two days count.
+    text = example_project.read_text().replace("lookback_hours = 100000", "lookback_hours = 48")
     example_project.write_text(text)
     fixed_clock[0] = datetime.fromisoformat("2026-11-21T20:00:00+00:00")
     publisher = make_publisher(load_config(example_project))
     publisher.gather()
     plan = publisher.plan_digest()
     assert [a.title for a in plan.articles] == [
-        "Release round-up: parsers, schedulers and a faster inliner",
-        "Reader mailbag: feeds, filters & folders",
+        "Release round-up: parsers, schedulers and a faster inliner",  # 11-21 10:00Z
+        "Typography for e-mail, in one page",  # 11-20 07:45Z
+        "Reader mailbag: feeds, filters & folders",  # 11-20 00:00 Berlin = 11-19 23:00Z
     ]
     publisher.close()
 
