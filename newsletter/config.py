@@ -27,7 +27,35 @@ from newsletter.exceptions import ConfigError, SubscriberError
 DEFAULT_CONFIG_NAME = "newsletter.toml"
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 SOURCE_KINDS = ("feed", "folder")
-MAIL_BACKENDS = ("outbox",)
+MAIL_BACKENDS = ("outbox", "postmark", "sendgrid", "mailgun", "resend", "smtp")
+_HTTP_KEYS = ("token_env", "base_url", "max_retries", "timeout")
+# The keys each backend accepts besides the common ones; a key another backend uses is refused
+# with a message naming the backend, so a half-edited config does not silently ignore it.
+MAIL_KEYS: dict[str, tuple[str, ...]] = {
+    "outbox": ("outbox_dir",),
+    "postmark": (*_HTTP_KEYS, "message_stream"),
+    "sendgrid": _HTTP_KEYS,
+    "mailgun": (*_HTTP_KEYS, "domain", "region"),
+    "resend": _HTTP_KEYS,
+    "smtp": (
+        "host",
+        "port",
+        "security",
+        "username",
+        "password_env",
+        "ca_file",
+        "timeout",
+        "max_retries",
+    ),
+}
+MAIL_REQUIRED: dict[str, tuple[str, ...]] = {
+    "postmark": ("token_env",),
+    "sendgrid": ("token_env",),
+    "mailgun": ("token_env", "domain"),
+    "resend": ("token_env",),
+    "smtp": ("host",),
+}
+SMTP_SECURITY = ("starttls", "tls", "none")
 SECTION_BY = ("source", "tag", "none")
 
 
@@ -104,7 +132,22 @@ class DigestSettings:
 class MailSettings:
     backend: str = "outbox"
     outbox_dir: Path = Path("outbox")
-    batch_size: int = 100
+    batch_size: int | None = None  # None: the backend's own default (its documented maximum)
+    concurrency: int = 4  # batches in flight at once
+    rate_limit: float | None = None  # messages per second, None: as fast as the provider takes
+    max_retries: int = 5  # for 429, 5xx and connection errors
+    timeout: float = 30.0  # seconds per request
+    base_url: str | None = None  # None: the provider's public endpoint
+    token_env: str | None = None  # NAME of the variable holding the API token or key
+    message_stream: str = "broadcast"  # Postmark
+    domain: str | None = None  # Mailgun sending domain
+    region: str = "us"  # Mailgun: "us" or "eu"
+    host: str | None = None  # SMTP
+    port: int | None = None  # SMTP; None: 587 for starttls, 465 for tls, 25 for none
+    security: str = "starttls"  # SMTP: one of SMTP_SECURITY
+    username: str | None = None  # SMTP AUTH
+    password_env: str | None = None  # SMTP AUTH: NAME of the variable holding the password
+    ca_file: Path | None = None  # SMTP: trust this CA bundle (a private or test CA)
 
 
 @dataclass(frozen=True)
@@ -232,7 +275,7 @@ class _Table:
             default,
             "a whole number" if integer else "a number",
         )
-        if value < minimum:
+        if value is not None and value < minimum:
             raise self.error(key, f"must be at least {minimum:g}, got {value}")
         return value
 
@@ -511,16 +554,53 @@ def _digest(t: _Table) -> DigestSettings:
 
 
 def _mail(t: _Table) -> MailSettings:
-    t.allow("backend", "outbox_dir", "batch_size")
-    backend = t.text("backend", "outbox")
+    backend = t.get("backend", str, "outbox", "a string")
     if backend not in MAIL_BACKENDS:
         raise t.error("backend", f"expected one of {', '.join(MAIL_BACKENDS)}, got {backend!r}")
-    settings = MailSettings(
+    own = MAIL_KEYS[backend]
+    for key in t.data:
+        if key not in own and any(key in keys for keys in MAIL_KEYS.values()):
+            raise t.error(key, f"is not used by the {backend!r} backend")
+    t.allow("backend", "batch_size", "concurrency", "rate_limit", *own)
+    for key in MAIL_REQUIRED.get(backend, ()):
+        if key not in t.data:
+            raise t.error(key, f"is required by the {backend!r} backend")
+    for key in ("token_env", "password_env"):
+        name = t.text(key, None)
+        if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise t.error(key, "expected the NAME of an environment variable, not a value")
+    base_url = t.text("base_url", None)
+    if base_url is not None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise t.error("base_url", f"expected an absolute http(s) URL, got {base_url!r}")
+    region = t.text("region", "us")
+    if region not in ("us", "eu"):
+        raise t.error("region", f'expected "us" or "eu", got {region!r}')
+    security = t.text("security", "starttls")
+    if security not in SMTP_SECURITY:
+        raise t.error("security", f"expected one of {', '.join(SMTP_SECURITY)}, got {security!r}")
+    rate = t.number("rate_limit", None, minimum=0.001)
+    return MailSettings(
         backend=backend,
         outbox_dir=t.path_value("outbox_dir", "outbox"),
-        batch_size=t.number("batch_size", 100, minimum=1, integer=True),
+        batch_size=t.number("batch_size", None, minimum=1, integer=True),
+        concurrency=t.number("concurrency", 4, minimum=1, integer=True),
+        rate_limit=float(rate) if rate is not None else None,
+        max_retries=t.number("max_retries", 5, minimum=0, integer=True),
+        timeout=float(t.number("timeout", 30.0, minimum=0.1)),
+        base_url=base_url.rstrip("/") if base_url else None,
+        token_env=t.text("token_env", None),
+        message_stream=t.text("message_stream", "broadcast"),
+        domain=t.text("domain", None),
+        region=region,
+        host=t.text("host", None),
+        port=t.number("port", None, minimum=1, integer=True),
+        security=security,
+        username=t.text("username", None),
+        password_env=t.text("password_env", None),
+        ca_file=t.path_value("ca_file", None),
     )
-    return settings
 
 
 def _storage_url(t: _Table, loader: _Loader) -> str:

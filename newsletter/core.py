@@ -23,10 +23,10 @@ import requests
 from newsletter import clock
 from newsletter.addresses import validate_address
 from newsletter.config import Config
-from newsletter.exceptions import SubscriberError
+from newsletter.exceptions import NewsletterError, SubscriberError
 from newsletter.gather import gather
 from newsletter.mail import make_backend
-from newsletter.mail.base import MailBackend
+from newsletter.mail.base import Batch, MailBackend
 from newsletter.render.digest import DigestRenderer, RenderedDigest
 from newsletter.render.feeds import write_feeds
 from newsletter.sources import Source, make_source
@@ -225,8 +225,12 @@ class Publisher:
             on_start(digest, counts)
 
         before = counts
+        stopped: str | None = None
         if counts.pending:
-            backend.send(self._content(digest), _StorageLedger(self, digest.id), progress=progress)
+            outcome = backend.send(
+                self._content(digest), _StorageLedger(self, digest), progress=progress
+            )
+            stopped = str(outcome.stopped) if outcome.stopped is not None else None
         after = self.storage.digest_counts(digest.id)
         if after.pending == 0 and digest.status != DigestStatus.SENT:
             self.storage.finish_digest(digest.id, clock.now())
@@ -244,18 +248,38 @@ class Publisher:
             failed=after.failed - before.failed,
             skipped=after.skipped - before.skipped,
             uncertain=after.inflight,
+            pending=after.pending,
             articles=len(digest.article_ids),
+            stopped=stopped,
         )
 
+    def send_test(self, address: str) -> DeliveryResult:
+        """Send one copy of the next digest (or, with nothing new, of the newest articles) to
+        ``address`` through the configured backend, outside the delivery ledger."""
+        address = validate_address(address)
+        rendered = self.render_next_digest(force=True)
+        if rendered is None:
+            raise NewsletterError("there are no articles yet; run `newsletter gather` first")
+        content = self._content_of(
+            0, f"test{secrets.token_hex(6)}", rendered.subject, rendered.html, rendered.text
+        )
+        recipient = Recipient(0, address, None, self.recipient_values(0, address, None))
+        return self.backend.send_one(content, recipient)
+
     def _content(self, digest: Digest) -> MessageContent:
+        return self._content_of(digest.id, digest.uid, digest.subject, digest.html, digest.text)
+
+    def _content_of(
+        self, digest_id: int, uid: str, subject: str, html: str, text: str
+    ) -> MessageContent:
         nl = self.config.newsletter
         return MessageContent(
-            digest_id=digest.id,
-            digest_uid=digest.uid,
-            subject=digest.subject,
+            digest_id=digest_id,
+            digest_uid=uid,
+            subject=subject,
             from_addr=nl.sender,
-            html=digest.html,
-            text=digest.text,
+            html=html,
+            text=text,
             reply_to=nl.reply_to,
             list_id=nl.list_id,
             message_id_domain=nl.domain,
@@ -333,20 +357,34 @@ class Publisher:
 class _StorageLedger:
     """Binds the mail send loop to Storage: claims mark a batch in flight before it is sent."""
 
-    def __init__(self, publisher: Publisher, digest_id: int) -> None:
+    def __init__(self, publisher: Publisher, digest: Digest) -> None:
         self.publisher = publisher
-        self.digest_id = digest_id
+        self.digest_id = digest.id
+        self.key_prefix = f"nl-{digest.uid}"
 
-    def claim(self, size: int) -> list[Recipient]:
-        batch = self.publisher.storage.claim_batch(self.digest_id, size, clock.now())
+    def claim(self, size: int) -> Batch | None:
+        claimed = self.publisher.storage.claim_batch(
+            self.digest_id, size, clock.now(), key_prefix=self.key_prefix
+        )
+        if claimed is None:
+            return None
+        key, recipients = claimed
         values = self.publisher.recipient_values
-        return [
-            Recipient(r.subscriber_id, r.email, r.name, values(r.subscriber_id, r.email, r.name))
-            for r in batch
-        ]
+        return Batch(
+            key=key,
+            recipients=tuple(
+                Recipient(
+                    r.subscriber_id, r.email, r.name, values(r.subscriber_id, r.email, r.name)
+                )
+                for r in recipients
+            ),
+        )
 
     def record(self, results: Sequence[DeliveryResult]) -> None:
         self.publisher.storage.record_results(self.digest_id, results, clock.now())
+
+    def release(self, batch: Batch) -> None:
+        self.publisher.storage.release_batch(self.digest_id, batch.key, clock.now())
 
 
 def _clean_name(name: str | None) -> str | None:

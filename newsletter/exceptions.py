@@ -8,7 +8,9 @@
     ├── StorageError       the database could not be opened, migrated or written
     ├── RenderError        a template or the CSS inliner failed: carries the template name
     ├── SubscriberError    an address or subscriber operation was refused: carries the address, line
-    └── MailError          a mail backend failed: carries backend, status, the provider's message
+    └── MailError          a mail backend failed: carries backend, status, the provider's message,
+                           and whether the batch may be retried, must stop the send, or is
+                           uncertain (perhaps accepted)
 
 Third-party exceptions (requests, feedparser, sqlalchemy, smtplib, jinja2, premailer) are
 wrapped once, at the boundary that calls them, with ``raise ... from e``; nothing else catches
@@ -126,12 +128,17 @@ class MailError(NewsletterError):
         status: int | None = None,
         provider_message: str | None = None,
         retryable: bool = False,
+        fatal: bool = False,
+        uncertain: bool = False,
     ) -> None:
         super().__init__(message)
         self.backend = backend
         self.status = status
         self.provider_message = provider_message
-        self.retryable = retryable
+        # How the send loop treats the batch that raised this:
+        self.retryable = retryable  # not accepted, try later (429, 5xx after retries, outage)
+        self.fatal = fatal  # no batch can succeed (bad credentials, bad config): stop sending
+        self.uncertain = uncertain  # may have been accepted (timeout after the request went out)
 
     def __str__(self) -> str:
         text = f"{self.backend}: {self.message}"

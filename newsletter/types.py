@@ -240,5 +240,7 @@ class SendReport:
     failed: int = 0
     skipped: int = 0
     uncertain: int = 0  # left in flight by a crash, on a backend that cannot safely retry
+    pending: int = 0  # still to send: the send stopped early (see ``stopped``)
     articles: int = 0
     reason: str | None = None  # why nothing was sent
+    stopped: str | None = None  # why sending stopped before the end (provider down, bad key)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from newsletter.config import Config, parse_config
-from newsletter.types import Article
+from newsletter.mail.base import Batch
+from newsletter.types import Article, DeliveryResult, Recipient
 
 BASE_TIME = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -48,3 +51,34 @@ def make_article(n: int, **changes: object) -> Article:
     }
     values.update(changes)
     return Article(**values)  # type: ignore[arg-type]
+
+
+class ListLedger:
+    """A real Ledger over a list (not a mock): hands out batches, keeps every result.
+
+    ``claims`` records the size of each batch handed out; ``released`` the batches put back.
+    """
+
+    def __init__(self, recipients: Sequence[Recipient]) -> None:
+        self.pending = list(recipients)
+        self.claims: list[int] = []
+        self.results: list[DeliveryResult] = []
+        self.released: list[Batch] = []
+        self._lock = threading.Lock()
+
+    def claim(self, size: int) -> Batch | None:
+        with self._lock:
+            taken, self.pending = self.pending[:size], self.pending[size:]
+            if not taken:
+                return None
+            self.claims.append(len(taken))
+            return Batch(key=f"batch-{taken[0].subscriber_id}", recipients=tuple(taken))
+
+    def record(self, results: Sequence[DeliveryResult]) -> None:
+        with self._lock:
+            self.results.extend(results)
+
+    def release(self, batch: Batch) -> None:
+        with self._lock:
+            self.released.append(batch)
+            self.pending[:0] = batch.recipients

@@ -140,7 +140,7 @@ def test_recipient_list_is_frozen_when_the_digest_is_created(
     example_project: Path, fixed_clock: list[datetime]
 ) -> None:
     text = example_project.read_text().replace(
-        'backend = "outbox"', 'backend = "outbox"\nbatch_size = 1'
+        'backend = "outbox"', 'backend = "outbox"\nbatch_size = 1\nconcurrency = 1'
     )
     example_project.write_text(text)
     publisher = make_publisher(load_config(example_project))

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
 
 from newsletter import clock
 from newsletter.exceptions import MailError
 from newsletter.files import atomic_write
-from newsletter.mail.base import MailBackend, PreparedContent
+from newsletter.mail.base import Batch, MailBackend, PreparedContent
 from newsletter.mail.message import build_message
 from newsletter.types import DeliveryResult, DeliveryStatus, Recipient
+
+if TYPE_CHECKING:
+    from newsletter.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +35,26 @@ _MAX_NAME = 100  # of the address part; well under any file system's limit
 
 class OutboxBackend(MailBackend):
     name = "outbox"
+    max_batch_size = 1000
     idempotent = True  # a rewrite of the same file is harmless
 
-    def __init__(self, directory: Path, batch_size: int = 100) -> None:
+    def __init__(self, directory: Path, *, batch_size: int | None = 100, **options: Any) -> None:
+        super().__init__(batch_size=batch_size or 100, **options)
         self.directory = directory
-        self.batch_size = batch_size
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        cls.check_batch_size(config)
+        return cls(config.mail.outbox_dir, **cls.common_options(config))
 
     def path_for(self, digest_id: int, recipient: Recipient) -> Path:
         """Where the message of ``digest_id`` for ``recipient`` is written."""
         safe = _UNSAFE.sub("_", recipient.email)[:_MAX_NAME]
         return self.directory / str(digest_id) / f"{recipient.subscriber_id}-{safe}.eml"
 
-    def send_batch(
-        self, content: PreparedContent, recipients: Sequence[Recipient]
-    ) -> list[DeliveryResult]:
+    def send_batch(self, content: PreparedContent, batch: Batch) -> list[DeliveryResult]:
         date = clock.now()
-        return [self._write(content, recipient, date) for recipient in recipients]
+        return [self._write(content, recipient, date) for recipient in batch.recipients]
 
     def _write(
         self, content: PreparedContent, recipient: Recipient, date: datetime

@@ -494,45 +494,79 @@ class Storage:
         by_id = {r.id: _article(r) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
 
-    def claim_batch(self, digest_id: int, size: int, now: datetime) -> list[Recipient]:
+    def claim_batch(
+        self, digest_id: int, size: int, now: datetime, *, key_prefix: str
+    ) -> tuple[str, list[Recipient]] | None:
         """Take up to ``size`` pending deliveries and mark them in flight, in one transaction.
 
-        Recipients who unsubscribed since the digest was created are marked skipped instead.
-        A batch is recorded as in flight *before* it is handed to a backend, so a crash between
-        the two leaves it visible as uncertain, never silently pending.
+        Returns (batch key, recipients), or None when nothing is pending. A batch that went
+        back to pending (released, or re-queued after a crash) is claimed again whole, under
+        its old key, before any new batch is formed; a new batch's key is ``key_prefix`` and
+        its lowest subscriber id, unique within the digest. Recipients who unsubscribed since
+        the digest was created are marked skipped instead. A batch is recorded as in flight
+        *before* it is handed to a backend, so a crash between the two leaves it visible as
+        uncertain, never silently pending.
         """
+        d = s.deliveries
+        columns = (d.c.subscriber_id, d.c.email, d.c.name, d.c.batch, s.subscribers.c.status)
+        pending = (
+            select(*columns)
+            .join(s.subscribers, s.subscribers.c.id == d.c.subscriber_id)
+            .where(d.c.digest_id == digest_id, d.c.status == DeliveryStatus.PENDING)
+        )
         with self._tx() as conn:
-            rows = conn.execute(
-                select(
-                    s.deliveries.c.subscriber_id,
-                    s.deliveries.c.email,
-                    s.deliveries.c.name,
-                    s.subscribers.c.status,
-                )
-                .join(s.subscribers, s.subscribers.c.id == s.deliveries.c.subscriber_id)
+            while True:
+                old = conn.execute(
+                    select(d.c.batch)
+                    .where(
+                        d.c.digest_id == digest_id,
+                        d.c.status == DeliveryStatus.PENDING,
+                        d.c.batch.is_not(None),
+                    )
+                    .order_by(d.c.batch)
+                    .limit(1)
+                ).first()
+                if old is not None:
+                    key = str(old.batch)
+                    rows = conn.execute(
+                        pending.where(d.c.batch == key).order_by(d.c.subscriber_id)
+                    ).all()
+                else:
+                    rows = conn.execute(
+                        pending.where(d.c.batch.is_(None)).order_by(d.c.subscriber_id).limit(size)
+                    ).all()
+                    if not rows:
+                        return None
+                    key = f"{key_prefix}-{rows[0].subscriber_id}"
+                live = [r for r in rows if r.status == SubscriberStatus.ACTIVE]
+                gone = [r.subscriber_id for r in rows if r.status != SubscriberStatus.ACTIVE]
+                for status, ids in (
+                    (DeliveryStatus.INFLIGHT, [r.subscriber_id for r in live]),
+                    (DeliveryStatus.SKIPPED, gone),
+                ):
+                    if ids:
+                        conn.execute(
+                            update(d)
+                            .where(d.c.digest_id == digest_id, d.c.subscriber_id.in_(ids))
+                            .values(status=status, batch=key, updated_at=now)
+                        )
+                if live:
+                    recipients = [Recipient(r.subscriber_id, r.email, r.name) for r in live]
+                    return key, recipients
+
+    def release_batch(self, digest_id: int, key: str, now: datetime) -> int:
+        """Put an in-flight batch back to pending (it was certainly not accepted)."""
+        with self._tx() as conn:
+            result = conn.execute(
+                update(s.deliveries)
                 .where(
                     s.deliveries.c.digest_id == digest_id,
-                    s.deliveries.c.status == DeliveryStatus.PENDING,
+                    s.deliveries.c.batch == key,
+                    s.deliveries.c.status == DeliveryStatus.INFLIGHT,
                 )
-                .order_by(s.deliveries.c.subscriber_id)
-                .limit(size)
-            ).all()
-            live = [r for r in rows if r.status == SubscriberStatus.ACTIVE]
-            gone = [r.subscriber_id for r in rows if r.status != SubscriberStatus.ACTIVE]
-            for status, ids in (
-                (DeliveryStatus.INFLIGHT, [r.subscriber_id for r in live]),
-                (DeliveryStatus.SKIPPED, gone),
-            ):
-                if ids:
-                    conn.execute(
-                        update(s.deliveries)
-                        .where(
-                            s.deliveries.c.digest_id == digest_id,
-                            s.deliveries.c.subscriber_id.in_(ids),
-                        )
-                        .values(status=status, updated_at=now)
-                    )
-        return [Recipient(subscriber_id=r.subscriber_id, email=r.email, name=r.name) for r in live]
+                .values(status=DeliveryStatus.PENDING, updated_at=now)
+            )
+        return int(result.rowcount)
 
     def record_results(
         self, digest_id: int, results: Sequence[DeliveryResult], now: datetime
@@ -547,9 +581,6 @@ class Storage:
                     )
                     .values(status=r.status, message_id=r.message_id, error=r.error, updated_at=now)
                 )
-
-    def inflight_count(self, digest_id: int) -> int:
-        return self.digest_counts(digest_id).inflight
 
     def requeue_inflight(self, digest_id: int, now: datetime) -> int:
         """Put in-flight deliveries back to pending (after a crash, when resending is safe)."""

@@ -27,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     select,
+    text,
 )
 
 
@@ -145,6 +146,9 @@ deliveries = Table(
     Column("message_id", Text),
     Column("error", Text),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Set when the delivery is first claimed; kept when a batch goes back to pending, so a
+    # re-send carries the same idempotency key (migration 2).
+    Column("batch", String(64)),
 )
 Index(
     "ix_deliveries_status", deliveries.c.digest_id, deliveries.c.status, deliveries.c.subscriber_id
@@ -155,8 +159,13 @@ Index(
 
 Migration = Callable[[Connection], None]
 
+
+def _m2_delivery_batches(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE deliveries ADD COLUMN batch VARCHAR(64)"))
+
+
 # MIGRATIONS[n] brings a database from version n + 1 to n + 2; version 1 is create_all above.
-MIGRATIONS: list[Migration] = []
+MIGRATIONS: list[Migration] = [_m2_delivery_batches]
 VERSION = 1 + len(MIGRATIONS)
 
 
