@@ -259,6 +259,12 @@ def _send(
         f"digest {report.digest_id} {verb} ({report.articles} articles): " + ", ".join(parts),
         highlight=False,
     )
+    if report.stopped:
+        err.print(
+            f"[bold red]sending stopped:[/] {report.stopped}; {report.pending} still pending, "
+            "a later `newsletter send` resumes",
+            highlight=False,
+        )
     return report
 
 
@@ -269,13 +275,67 @@ def _send(
     is_flag=True,
     help="Also send recipients whose delivery was in flight when a send was interrupted.",
 )
+@click.option("--dry-run", is_flag=True, help="Show what would be sent where; send nothing.")
+@click.option(
+    "--test",
+    "test_address",
+    metavar="ADDRESS",
+    help="Send one copy of the next digest to ADDRESS, outside the delivery records.",
+)
 @pass_state
-def send(state: State, force: bool, resend_uncertain: bool) -> None:
+def send(
+    state: State, force: bool, resend_uncertain: bool, dry_run: bool, test_address: str | None
+) -> None:
     """Create the next digest if there is news, and deliver it (resumes an unfinished one)."""
     with state.publisher() as publisher:
+        if test_address is not None:
+            result = publisher.send_test(test_address)
+            if result.status != DeliveryStatus.SENT:
+                err.print(f"test message to {result.email} failed: {result.error}", markup=False)
+                sys.exit(EXIT_ERROR)
+            console.print(
+                f"test message sent to {result.email} through {publisher.backend.describe()}"
+                + (f" (id {result.message_id})" if result.message_id else ""),
+                highlight=False,
+                markup=False,
+            )
+            return
+        if dry_run:
+            _dry_run(publisher, force=force, resend_uncertain=resend_uncertain)
+            return
         report = _send(publisher, force=force, resend_uncertain=resend_uncertain)
+    if report.stopped:
+        sys.exit(EXIT_ERROR)
     if report.failed:
         sys.exit(EXIT_PARTIAL)
+
+
+def _dry_run(publisher: Publisher, *, force: bool, resend_uncertain: bool) -> None:
+    plan = publisher.plan_send(force=force, resend_uncertain=resend_uncertain)
+    if plan.reason:
+        console.print(f"dry run: nothing would be sent ({plan.reason})", highlight=False)
+        return
+    what = f"digest {plan.digest_id} (resumed)" if plan.digest_id else "a new digest"
+    console.print(f"dry run: {what}, {plan.articles} articles: {plan.subject!r}", markup=False)
+    console.print(
+        f"  {plan.recipients} messages to {plan.destination}, "
+        f"{plan.batches} batches of up to {plan.batch_size}",
+        highlight=False,
+        markup=False,
+    )
+    if plan.sample:
+        more = plan.recipients - len(plan.sample)
+        console.print(
+            "  first: " + ", ".join(plan.sample) + (f" and {more} more" if more > 0 else ""),
+            markup=False,
+        )
+    if plan.uncertain:
+        console.print(
+            f"  {plan.uncertain} uncertain deliveries would not be re-sent "
+            "(add --resend-uncertain)",
+            highlight=False,
+        )
+    console.print("nothing was sent", highlight=False)
 
 
 # --- run -----------------------------------------------------------------------------------------
@@ -291,6 +351,8 @@ def run(state: State, once: bool) -> None:
             results = _gather(publisher)
             _feeds(publisher)
             report = _send(publisher)
+            if report.stopped:
+                sys.exit(EXIT_ERROR)
             if any(not r.ok for r in results) or report.failed:
                 sys.exit(EXIT_PARTIAL)
             return
@@ -305,6 +367,23 @@ def run(state: State, once: bool) -> None:
         )
         with suppress(KeyboardInterrupt, SystemExit):
             scheduler.start()
+
+
+# --- preview -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8025, show_default=True, help="Port to listen on.")
+@pass_state
+def preview(state: State, host: str, port: int) -> None:
+    """Serve a live preview of the next digest for editors (reloads on every change)."""
+    from newsletter.web.preview import serve
+
+    config_file = state.config.file
+    assert config_file is not None  # loaded from a file by State
+    console.print(f"preview: http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
+    serve(config_file, host=host, port=port)
 
 
 # --- status --------------------------------------------------------------------------------------

@@ -63,6 +63,22 @@ class DigestPlan:
 
 
 @dataclass(frozen=True)
+class SendPlan:
+    """What a send would do (``send --dry-run``)."""
+
+    digest_id: int | None  # an unfinished digest that would be resumed; None: a new one
+    subject: str | None
+    articles: int
+    recipients: int  # messages that would go out
+    uncertain: int  # in flight after a crash, not re-sent without --resend-uncertain
+    destination: str  # where they would go: the backend and its endpoint
+    batch_size: int
+    batches: int
+    sample: tuple[str, ...]  # the first few addresses
+    reason: str | None = None  # why nothing would be sent
+
+
+@dataclass(frozen=True)
 class StatusReport:
     sources: tuple[SourceState, ...]
     configured_sources: tuple[str, ...]
@@ -251,6 +267,63 @@ class Publisher:
             pending=after.pending,
             articles=len(digest.article_ids),
             stopped=stopped,
+        )
+
+    def plan_send(self, *, force: bool = False, resend_uncertain: bool = False) -> SendPlan:
+        """What ``send_digest`` would do now, touching nothing (``newsletter send --dry-run``)."""
+        backend = self.backend
+        digest = self.storage.unfinished_digest()
+        if digest is None and resend_uncertain:
+            last = self.storage.last_digest()
+            if last is not None and self.storage.digest_counts(last.id).inflight:
+                digest = last
+        if digest is not None:
+            counts = self.storage.digest_counts(digest.id)
+            resend = counts.inflight if (backend.idempotent or resend_uncertain) else 0
+            recipients = counts.pending + resend
+            subject: str | None = digest.subject
+            articles = len(digest.article_ids)
+            sample = self.storage.pending_addresses(digest.id, limit=5)
+            uncertain = counts.inflight - resend
+        else:
+            plan = self.plan_digest(force=force)
+            if not plan.articles:
+                return SendPlan(
+                    None,
+                    None,
+                    0,
+                    0,
+                    0,
+                    backend.describe(),
+                    backend.batch_size,
+                    0,
+                    (),
+                    "no new articles since the last digest",
+                )
+            subject = self.renderer.render(plan.articles, now=clock.now()).subject
+            articles = len(plan.articles)
+            recipients = self.storage.count_subscribers(SubscriberStatus.ACTIVE)
+            sample = tuple(
+                s.email
+                for _, s in zip(
+                    range(5),
+                    self.storage.iter_subscribers(status=SubscriberStatus.ACTIVE, batch=5),
+                    strict=False,
+                )
+            )
+            uncertain = 0
+        batches = -(-recipients // backend.batch_size)
+        return SendPlan(
+            digest.id if digest else None,
+            subject,
+            articles,
+            recipients,
+            uncertain,
+            backend.describe(),
+            backend.batch_size,
+            batches,
+            sample,
+            None,
         )
 
     def send_test(self, address: str) -> DeliveryResult:

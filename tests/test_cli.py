@@ -125,3 +125,35 @@ def test_every_command_has_help(command: str) -> None:
     result = newsletter(command, "--help")
     assert result.returncode == 0
     assert "Usage:" in result.stdout
+
+
+def test_send_dry_run_sends_nothing_and_says_where(example_project: Path) -> None:
+    cfg = str(example_project)
+    newsletter(
+        "--config", cfg, "subscribers", "import", str(example_project.parent / "subscribers.csv")
+    )
+    assert newsletter("--config", cfg, "gather").returncode == 0
+    dry = newsletter("--config", cfg, "send", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: a new digest, 9 articles" in dry.stdout
+    assert f"4 messages to outbox ({example_project.parent / 'outbox'}), 1 batches" in dry.stdout
+    assert "first: ada@example.com, grace@example.org" in dry.stdout
+    assert not (example_project.parent / "outbox").exists()
+    status = newsletter("--config", cfg, "status")
+    assert "last digest: none yet" in status.stdout
+    real = newsletter("--config", cfg, "send")
+    assert "digest 1 created and delivered (9 articles): 4 sent" in real.stdout
+
+
+def test_send_test_goes_outside_the_ledger(example_project: Path) -> None:
+    cfg = str(example_project)
+    assert newsletter("--config", cfg, "gather").returncode == 0
+    result = newsletter("--config", cfg, "send", "--test", "Editor@Example.com")
+    assert result.returncode == 0, result.stderr
+    assert "test message sent to Editor@example.com through outbox" in result.stdout
+    files = list((example_project.parent / "outbox").rglob("*.eml"))
+    assert len(files) == 1 and "Editor@example.com" in files[0].name
+    assert "last digest: none yet" in newsletter("--config", cfg, "status").stdout
+    bad = newsletter("--config", cfg, "send", "--test", "not-an-address")
+    assert bad.returncode == 1
+    assert "not-an-address" in bad.stderr

@@ -172,6 +172,10 @@ class MailBackend(abc.ABC):
             )
         return value
 
+    def describe(self) -> str:
+        """Where messages go, for people: the backend and its endpoint (never a secret)."""
+        return self.name
+
     def open(self) -> bool:
         """Acquire connections or sessions. Returns True when it opened something."""
         return False

@@ -42,6 +42,9 @@ class OutboxBackend(MailBackend):
         super().__init__(batch_size=batch_size or 100, **options)
         self.directory = directory
 
+    def describe(self) -> str:
+        return f"outbox ({self.directory})"
+
     @classmethod
     def from_config(cls, config: Config) -> Self:
         cls.check_batch_size(config)

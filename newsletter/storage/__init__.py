@@ -554,6 +554,19 @@ class Storage:
                     recipients = [Recipient(r.subscriber_id, r.email, r.name) for r in live]
                     return key, recipients
 
+    def pending_addresses(self, digest_id: int, *, limit: int) -> tuple[str, ...]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(s.deliveries.c.email)
+                .where(
+                    s.deliveries.c.digest_id == digest_id,
+                    s.deliveries.c.status == DeliveryStatus.PENDING,
+                )
+                .order_by(s.deliveries.c.subscriber_id)
+                .limit(limit)
+            ).all()
+        return tuple(r.email for r in rows)
+
     def release_batch(self, digest_id: int, key: str, now: datetime) -> int:
         """Put an in-flight batch back to pending (it was certainly not accepted)."""
         with self._tx() as conn:
