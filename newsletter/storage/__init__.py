@@ -20,7 +20,9 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Table,
     and_,
+    bindparam,
     create_engine,
     event,
     func,
@@ -324,24 +326,40 @@ class Storage:
     def add_subscribers(
         self, rows: Iterable[tuple[str, str | None]], now: datetime
     ) -> tuple[int, int]:
-        """Bulk add in one transaction, never re-activating anyone. Returns (added, present)."""
-        added = present = 0
+        """Bulk add in one transaction, never re-activating anyone. Returns (added, present).
+
+        Rows go in chunks of ``chunk`` with ``ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL
+        both have it), so a million-row import is a few thousand statements, not a million.
+        """
+        total = present = 0
+        count = select(func.count()).select_from(s.subscribers)
         with self._tx() as conn:
-            for email, name in rows:
-                email = email.lower()
-                exists = conn.execute(
-                    select(s.subscribers.c.id).where(s.subscribers.c.email == email)
-                ).first()
-                if exists is not None:
-                    present += 1
-                    continue
-                conn.execute(
-                    insert(s.subscribers).values(
-                        email=email, name=name, status=SubscriberStatus.ACTIVE, created_at=now
-                    )
-                )
-                added += 1
+            before = int(conn.execute(count).scalar_one())
+            for chunk in _chunks(rows, 1000):
+                values = [
+                    {
+                        "email": e.lower(),
+                        "name": n,
+                        "status": SubscriberStatus.ACTIVE,
+                        "created_at": now,
+                    }
+                    for e, n in chunk
+                ]
+                total += len(values)
+                conn.execute(self._insert_ignore(s.subscribers, ["email"]), values)
+            added = int(conn.execute(count).scalar_one()) - before
+        present = total - added
         return added, present
+
+    def _insert_ignore(self, table: Table, keys: list[str]) -> Any:
+        """``INSERT ... ON CONFLICT (keys) DO NOTHING`` for the engine's dialect."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table).on_conflict_do_nothing(index_elements=keys)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)
 
     def get_subscriber(self, email: str) -> Subscriber | None:
         with self._tx() as conn:
@@ -584,16 +602,26 @@ class Storage:
     def record_results(
         self, digest_id: int, results: Sequence[DeliveryResult], now: datetime
     ) -> None:
+        """Store each recipient's outcome: one executemany for the whole batch."""
+        if not results:
+            return
+        d = s.deliveries
+        statement = (
+            update(d)
+            .where(d.c.digest_id == digest_id, d.c.subscriber_id == bindparam("sid"))
+            .values(
+                status=bindparam("st"),
+                message_id=bindparam("mid"),
+                error=bindparam("err"),
+                updated_at=now,
+            )
+        )
+        rows = [
+            {"sid": r.subscriber_id, "st": r.status.value, "mid": r.message_id, "err": r.error}
+            for r in results
+        ]
         with self._tx() as conn:
-            for r in results:
-                conn.execute(
-                    update(s.deliveries)
-                    .where(
-                        s.deliveries.c.digest_id == digest_id,
-                        s.deliveries.c.subscriber_id == r.subscriber_id,
-                    )
-                    .values(status=r.status, message_id=r.message_id, error=r.error, updated_at=now)
-                )
+            conn.execute(statement, rows)
 
     def requeue_inflight(self, digest_id: int, now: datetime) -> int:
         """Put in-flight deliveries back to pending (after a crash, when resending is safe)."""
@@ -627,6 +655,19 @@ class Storage:
 
 
 # --- row mapping ---------------------------------------------------------------------------------
+
+
+def _chunks(
+    rows: Iterable[tuple[str, str | None]], size: int
+) -> Iterator[list[tuple[str, str | None]]]:
+    chunk: list[tuple[str, str | None]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _source_state(row: Any) -> SourceState:
