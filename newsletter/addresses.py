@@ -19,4 +19,12 @@ def validate_address(address: str) -> str:
         info = validate_email(address.strip(), check_deliverability=False)
     except EmailNotValidError as e:
         raise SubscriberError(str(e), address=address) from e
-    return str(info.normalized)
+    # An internationalized domain is stored in its ASCII (IDNA) form, which every mail system
+    # takes. A non-ASCII local part needs SMTPUTF8 end to end, which we cannot promise.
+    if info.ascii_email is None:
+        raise SubscriberError(
+            "addresses with non-ASCII characters before the @ need SMTPUTF8, "
+            "which not every mail provider supports",
+            address=address,
+        )
+    return str(info.ascii_email)

@@ -80,3 +80,10 @@ def test_remove_and_delete(publisher: Publisher) -> None:
     assert publisher.storage.count_subscribers() == 0
     with pytest.raises(SubscriberError, match="no such subscriber"):
         publisher.remove_subscriber("nobody@example.com")
+
+
+def test_international_domains_are_stored_in_ascii_form(publisher: Publisher) -> None:
+    sub, _ = publisher.add_subscriber("reader@bücher.de")
+    assert sub.email == "reader@xn--bcher-kva.de"
+    with pytest.raises(SubscriberError, match="SMTPUTF8"):
+        publisher.add_subscriber("jörg@example.com")
