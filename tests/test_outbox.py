@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -16,12 +16,11 @@ from newsletter import clock
 from newsletter.config import Config
 from newsletter.exceptions import ConfigError, MailError
 from newsletter.mail import make_backend
-from newsletter.mail.base import PreparedContent
+from newsletter.mail.base import PreparedContent, SendCounts
 from newsletter.mail.message import build_message, message_id
-from newsletter.mail.base import SendCounts
 from newsletter.mail.outbox import OutboxBackend
 from newsletter.render.digest import DigestRenderer
-from newsletter.types import DeliveryResult, DeliveryStatus, MessageContent, Recipient
+from newsletter.types import DeliveryStatus, MessageContent, Recipient
 from tests._factories import ListLedger, make_article, make_config
 
 DATE = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from newsletter.exceptions import ConfigError, MailError
@@ -118,6 +119,8 @@ class MailBackend(abc.ABC):
     name: ClassVar[str] = "base"
     max_batch_size: ClassVar[int] = 1000  # the provider's documented limit per call
     idempotent: ClassVar[bool] = False  # re-sending an in-flight batch is de-duplicated
+    # How long the provider remembers an idempotency key; None: forever (the outbox).
+    idempotency_window: ClassVar[timedelta | None] = None
 
     def __init__(
         self,
@@ -176,6 +179,11 @@ class MailBackend(abc.ABC):
         """Where messages go, for people: the backend and its endpoint (never a secret)."""
         return self.name
 
+    def batch_size_for(self, content: PreparedContent) -> int:
+        """How many recipients to claim per batch of ``content``: ``batch_size``, or fewer for a
+        provider whose per-call size limit that many copies of this digest would exceed."""
+        return self.batch_size
+
     def open(self) -> bool:
         """Acquire connections or sessions. Returns True when it opened something."""
         return False
@@ -204,6 +212,7 @@ class MailBackend(abc.ABC):
         """Send every batch the ledger hands out. Only counts are kept in memory: results go
         to the ledger batch by batch, so memory stays flat whatever the size of the list."""
         prepared = PreparedContent(content)
+        size = self.batch_size_for(prepared)
         limiter = RateLimiter(self.rate_limit) if self.rate_limit else None
         sent = failed = uncertain = 0
         stopped: MailError | None = None
@@ -248,7 +257,7 @@ class MailBackend(abc.ABC):
         try:
             while True:
                 while stopped is None and len(running) < self.concurrency:
-                    batch = ledger.claim(self.batch_size)
+                    batch = ledger.claim(size)
                     if batch is None:
                         break
                     if limiter is not None:

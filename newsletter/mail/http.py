@@ -15,22 +15,33 @@ on whether re-sending could deliver twice:
 
 ``trust_env`` is off because requests re-reads proxy settings from the environment on every
 request (0.2-0.35 ms each, measured); the proxies for the base URL are read once instead.
+
+``HttpBackend`` is the base of the provider backends (postmark, sendgrid, mailgun, resend): the
+options they share, one ``HttpClient`` per send, and the split of a batch into recipients whose
+message passes ``mail.message``'s checks and FAILED results for the others.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from email.headerregistry import Address
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 from urllib3.util.retry import Retry
 
-from newsletter import __version__
+from newsletter import __version__, clock
 from newsletter.exceptions import MailError
+from newsletter.mail.base import Batch, MailBackend, PreparedContent
+from newsletter.mail.message import check_recipient
+from newsletter.types import DeliveryResult, DeliveryStatus, Recipient
+
+if TYPE_CHECKING:
+    from newsletter.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +135,17 @@ class HttpClient:
 
     def check(self, response: requests.Response, provider_message: str | None = None) -> None:
         """Raise ``MailError`` for a response that rejects the whole batch; return on 2xx."""
+        if not 200 <= response.status_code < 300:
+            raise self.refusal(response, provider_message)
+
+    def refusal(
+        self, response: requests.Response, provider_message: str | None = None
+    ) -> MailError:
+        """The ``MailError`` for a non-2xx response, classified by its status (see module doc)."""
         status = response.status_code
-        if 200 <= status < 300:
-            return
         message = provider_message or error_text(response)
         if status in (401, 403):
-            raise MailError(
+            return MailError(
                 "the provider refused the credentials",
                 backend=self.backend,
                 status=status,
@@ -137,14 +153,14 @@ class HttpClient:
                 fatal=True,
             )
         if status in RETRY_STATUSES:
-            raise MailError(
+            return MailError(
                 "the provider is not accepting mail right now (retries exhausted)",
                 backend=self.backend,
                 status=status,
                 provider_message=message,
                 retryable=True,
             )
-        raise MailError(
+        return MailError(
             "the provider refused the batch",
             backend=self.backend,
             status=status,
@@ -190,3 +206,129 @@ def error_text(response: requests.Response, limit: int = 500) -> str:
                 value = body[key]
                 return (value if isinstance(value, str) else json.dumps(value))[:limit]
     return json.dumps(body)[:limit]
+
+
+class HttpBackend(MailBackend):
+    """A backend that sends through a provider's HTTP API: ``open`` creates one ``HttpClient``
+    (its pool sized to ``concurrency``), ``close`` closes it. Subclasses set ``default_base_url``
+    and ``client_options`` (their auth header) and implement ``send_batch``."""
+
+    default_base_url: ClassVar[str]
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        backoff_factor: float = 0.5,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        if not token:
+            raise ValueError(f"{self.name} needs an API token")
+        self.token = token
+        self.base_url = (base_url or self.default_base_url).rstrip("/")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_factor = backoff_factor
+        self.client: HttpClient | None = None
+
+    @staticmethod
+    def http_options(config: Config) -> dict[str, Any]:
+        """The ``[mail]`` options every HTTP backend takes, besides ``common_options``."""
+        return {
+            "base_url": config.mail.base_url,
+            "timeout": config.mail.timeout,
+            "max_retries": config.mail.max_retries,
+        }
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.base_url})"
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``HttpClient`` beyond the common ones: auth, headers."""
+        return {}
+
+    def open(self) -> bool:
+        self.client = HttpClient(
+            backend=self.name,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            idempotent=self.idempotent,
+            pool_size=self.concurrency,
+            backoff_factor=self.backoff_factor,
+            **self.client_options(),
+        )
+        return True
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    @property
+    def http(self) -> HttpClient:
+        if self.client is None:
+            raise MailError("the backend is not open (send_batch outside send)", backend=self.name)
+        return self.client
+
+    def checked(
+        self, content: PreparedContent, batch: Batch
+    ) -> tuple[list[tuple[int, Recipient]], dict[int, DeliveryResult]]:
+        """The recipients of ``batch`` whose message passes ``check_recipient``, with their
+        index in the batch, and a FAILED result by index for each one that does not: a bad
+        recipient is left out of the payload rather than sinking the batch."""
+        date = clock.now()
+        good: list[tuple[int, Recipient]] = []
+        failed: dict[int, DeliveryResult] = {}
+        for i, recipient in enumerate(batch.recipients):
+            try:
+                check_recipient(content, recipient, date=date, backend=self.name)
+            except MailError as e:
+                log.warning("not sent: %s", e)
+                failed[i] = failed_result(recipient, str(e))
+            else:
+                good.append((i, recipient))
+        return good, failed
+
+
+def refused_results(
+    error: MailError, people: Iterable[tuple[int, Recipient]]
+) -> dict[int, DeliveryResult]:
+    """A payload the provider refused as a whole, as a FAILED result for each of ``people``.
+
+    Raised again when the loop must decide (``retryable``, ``fatal``, ``uncertain``). Returning
+    results rather than raising keeps the own reason of recipients that failed validation.
+    """
+    if error.retryable or error.fatal or error.uncertain:
+        raise error
+    log.error("%s", error)
+    return {i: failed_result(recipient, str(error)) for i, recipient in people}
+
+
+def display_address(recipient: Recipient) -> str:
+    """``"Name" <address>`` for a provider that takes addresses as text (it encodes the name)."""
+    return str(Address(display_name=recipient.name or "", addr_spec=recipient.email))
+
+
+def sent_result(recipient: Recipient, message_id: str | None) -> DeliveryResult:
+    return DeliveryResult(
+        recipient.subscriber_id, recipient.email, DeliveryStatus.SENT, message_id=message_id
+    )
+
+
+def failed_result(recipient: Recipient, error: str) -> DeliveryResult:
+    return DeliveryResult(
+        recipient.subscriber_id, recipient.email, DeliveryStatus.FAILED, error=error
+    )
+
+
+def in_order(results: Mapping[int, DeliveryResult], size: int) -> list[DeliveryResult]:
+    """Results by batch index as the list the loop expects; every index must be present."""
+    missing = [i for i in range(size) if i not in results]
+    if missing:
+        raise AssertionError(f"no result for batch positions {missing}")
+    return [results[i] for i in range(size)]

@@ -1,0 +1,193 @@
+"""The Resend backend: up to 100 personalized emails per call, made safe to re-send by an
+idempotency key.
+
+Owns: the payload of ``POST /emails/batch``, its ``Idempotency-Key`` and the reading of its
+answer. Each email is personalized here (the batch endpoint takes whole emails) with the list
+headers from ``mail.message``. Does not own: the loop, retries (``mail.http``), the header
+rules (``mail.message``).
+
+The contract, from Resend's documentation:
+
+- https://resend.com/docs/api-reference/emails/send-batch-emails: ``POST
+  https://api.resend.com/emails/batch`` with ``Authorization: Bearer <key>`` and a JSON array
+  of up to 100 emails, each with ``from``, ``to``, ``subject``, ``html``, ``text``,
+  ``reply_to`` and ``headers`` (an object); ``attachments`` and ``scheduled_at`` are not
+  supported there. The answer is ``{"data": [{"id": ...}, ...]}`` in the order of the request.
+- https://resend.com/docs/dashboard/emails/idempotency-keys: an ``Idempotency-Key`` header of
+  1-256 characters, kept 24 hours. The same key with the same payload answers the first
+  response again without sending; with a different payload it is 409
+  ``invalid_idempotent_request``; while the first request is still running, 409
+  ``concurrent_idempotent_requests`` ("safe to retry later").
+- https://resend.com/docs/dashboard/emails/batch-validation-modes: with ``x-batch-validation:
+  permissive`` an invalid email does not sink the batch: the answer adds ``errors``, each with
+  the ``index`` of the email in the request and a ``message``; ``data`` lists the created ones.
+- https://resend.com/docs/api-reference/errors: ``{"statusCode", "name", "message"}``; 400/422
+  validation errors, 401 missing key, 403 invalid key or unverified domain, 429
+  ``rate_limit_exceeded`` (and daily or monthly quota), 5xx.
+
+Idempotency: the key is the batch's key, which the ledger keeps for every re-send of that
+batch, and the payload is built deterministically from the digest and the recipients, so a
+re-send after a timeout, a dropped connection or a crash is answered, not delivered again. That
+is why this backend is ``idempotent`` and why ``HttpClient`` retries a lost answer here. A key
+longer than 256 characters (or not printable ASCII) is replaced by its SHA-256, still stable.
+
+A 409 ``invalid_idempotent_request`` means Resend already processed this batch's key with a
+different payload (the recipients or the digest's settings changed between the two sends), so
+its recipients were probably sent the first one. Sending again under a new key could deliver
+twice, and leaving the batch in flight would have it re-sent on every run until the key expires
+and then delivered twice. So the batch is refused: its recipients are FAILED with a reason that
+says they were probably already sent. At most once first, exact status second. A 409
+``concurrent_idempotent_requests`` is ``retryable``: the batch goes back to pending with its
+key, and the next run is answered with the first request's outcome.
+
+The key lives 24 hours: a batch left in flight (a crash) must be re-sent within a day, or a
+re-send is a new request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Self
+
+from newsletter.exceptions import MailError
+from newsletter.mail.base import Batch, PreparedContent
+from newsletter.mail.http import (
+    HttpBackend,
+    display_address,
+    failed_result,
+    in_order,
+    refused_results,
+    sent_result,
+)
+from newsletter.mail.message import list_headers
+from newsletter.types import DeliveryResult, Recipient
+
+if TYPE_CHECKING:
+    import requests
+
+    from newsletter.config import Config
+
+MAX_KEY_LENGTH = 256
+
+
+def idempotency_key(batch_key: str) -> str:
+    """The ``Idempotency-Key`` for a batch: its key, or a stable digest of a key Resend refuses."""
+    if 1 <= len(batch_key) <= MAX_KEY_LENGTH and batch_key.isascii() and batch_key.isprintable():
+        return batch_key
+    return "sha256-" + hashlib.sha256(batch_key.encode()).hexdigest()
+
+
+class ResendBackend(HttpBackend):
+    name = "resend"
+    max_batch_size = 100
+    idempotent = True  # see the module docstring
+    # Resend keeps an idempotency key for 24 hours; a batch left in flight longer than that
+    # would be delivered again, so it is reported as uncertain instead (an hour's margin).
+    idempotency_window = timedelta(hours=23)
+    default_base_url = "https://api.resend.com"
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        cls.check_batch_size(config)
+        return cls(
+            cls.secret(config, "token_env"),
+            **cls.http_options(config),
+            **cls.common_options(config),
+        )
+
+    def client_options(self) -> dict[str, Any]:
+        return {
+            "headers": {
+                "Authorization": f"Bearer {self.token}",
+                # One invalid email fails alone (its index comes back in "errors").
+                "x-batch-validation": "permissive",
+            }
+        }
+
+    def send_batch(self, content: PreparedContent, batch: Batch) -> list[DeliveryResult]:
+        good, results = self.checked(content, batch)
+        if good:
+            emails = [self._email(content, recipient) for _, recipient in good]
+            response = self.http.post(
+                "/emails/batch",
+                data=json.dumps(emails, ensure_ascii=False).encode(),
+                headers={
+                    "Content-Type": "application/json",
+                    "Idempotency-Key": idempotency_key(batch.key),
+                },
+            )
+            if 200 <= response.status_code < 300:
+                results.update(self._read(response, good))
+            else:
+                results.update(refused_results(self._refusal(response), good))
+        return in_order(results, len(batch))
+
+    def _email(self, content: PreparedContent, recipient: Recipient) -> dict[str, Any]:
+        shared = content.content
+        headers = list_headers(shared, recipient.values["unsubscribe_url"])
+        email: dict[str, Any] = {
+            "from": shared.from_addr,
+            "to": [display_address(recipient)],
+            "subject": shared.subject,
+            "html": content.html.fill(recipient.values),
+            "text": content.text.fill(recipient.values),
+            "headers": dict(headers),
+        }
+        if shared.reply_to:
+            email["reply_to"] = shared.reply_to
+        return email
+
+    def _read(
+        self, response: requests.Response, good: list[tuple[int, Recipient]]
+    ) -> dict[int, DeliveryResult]:
+        try:
+            body = response.json()
+            ids = [str(item["id"]) for item in body["data"]]
+            errors = {int(e["index"]): str(e.get("message", "")) for e in body.get("errors") or []}
+            if len(ids) + len(errors) != len(good) or not all(0 <= i < len(good) for i in errors):
+                raise ValueError(f"{len(ids)} ids and {len(errors)} errors for {len(good)} emails")
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            # Accepted, but there is no telling which emails went out. The batch stays in
+            # flight; a re-send under the same key gets this answer again or a readable one.
+            raise MailError(
+                f"unreadable answer to an accepted batch ({e}); it may have been sent",
+                backend=self.name,
+                status=response.status_code,
+                provider_message=response.text[:200],
+                uncertain=True,
+            ) from e
+        results: dict[int, DeliveryResult] = {}
+        created = iter(ids)  # "data" lists the created emails in request order
+        for position, (i, recipient) in enumerate(good):
+            if position in errors:
+                results[i] = failed_result(recipient, f"{self.name}: {errors[position]}")
+            else:
+                results[i] = sent_result(recipient, next(created))
+        return results
+
+    def _refusal(self, response: requests.Response) -> MailError:
+        try:
+            body = response.json()
+            name, message = str(body.get("name", "")), str(body.get("message", ""))
+        except (ValueError, AttributeError):
+            return self.http.refusal(response)
+        reason = f"{message} ({name})" if name else message
+        if response.status_code == 409 and name == "concurrent_idempotent_requests":
+            return MailError(
+                "an earlier request for this batch is still running; it is re-sent later",
+                backend=self.name,
+                status=409,
+                provider_message=reason,
+                retryable=True,
+            )
+        if response.status_code == 409 and name == "invalid_idempotent_request":
+            return MailError(
+                "this batch's idempotency key was already used for a different payload, so its "
+                "recipients were probably sent that one; not sent again",
+                backend=self.name,
+                status=409,
+                provider_message=reason,
+            )
+        return self.http.refusal(response, reason)

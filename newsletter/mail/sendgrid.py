@@ -1,0 +1,234 @@
+"""The SendGrid backend: one shared body and up to 1,000 personalizations in one call.
+
+Owns: the payload of ``POST /v3/mail/send`` and the reading of its answer. The digest's bodies
+are converted once per digest into SendGrid substitution tags; each recipient is a
+personalization with their address, their substitution values and their own list headers
+(List-Unsubscribe differs per recipient, and substitutions are documented for the subject and
+bodies only, so the headers are written out, not substituted). Does not own: the loop, retries
+(``mail.http``), the header rules (``mail.message``).
+
+The contract, from SendGrid's documentation:
+
+- https://www.twilio.com/docs/sendgrid/api-reference/mail-send: ``POST
+  https://api.sendgrid.com/v3/mail/send`` with ``Authorization: Bearer <key>`` and a JSON body:
+  ``personalizations`` (each with ``to``, ``substitutions``, ``headers``), ``from``,
+  ``reply_to``, ``subject``, ``content`` (``text/plain`` first, then ``text/html``). 202 means
+  accepted, with no per-recipient ids: the ``X-Message-Id`` response header identifies the call
+  (https://www.twilio.com/docs/sendgrid/glossary/x-message-id), so each recipient gets it.
+- https://sendgrid.com/docs/for-developers/sending-email/substitution-tags/: a tag is any string
+  replaced in the subject and bodies; "Substitutions are limited to 50,000 bytes per
+  personalization block". Values are inserted as given, so HTML and text bodies use different
+  tags: the HTML tags get HTML-escaped values (``-nlvar.html.first_name-``), the text tags raw
+  ones (``-nlvar.text.first_name-``). The ``nlvar.`` prefix keeps article text such as
+  "first-name-" from being mistaken for a tag.
+- https://docs.sendgrid.com/api-reference/mail-send/limitations: under 30 MB per request, at
+  most 1,000 recipients, and ``to.name`` "cannot include either the ; or , characters".
+- https://www.twilio.com/docs/sendgrid/api-reference/mail-send/errors: every parameter error
+  is a 400 with ``{"errors": [{"message", "field", "help"}]}``, ``field`` naming the path (e.g.
+  ``personalizations.3.to.0.email``); "each unique email address in the personalizations array
+  should only be included once". 401/403: the key; 413: too large; 429/5xx: transient.
+
+SendGrid refuses the whole request for one bad personalization. When every error of a 400
+names a personalization, those recipients are FAILED with SendGrid's message and the rest are
+posted again, once: a 400 accepted nothing, so that is safe. A name holding ``;`` or ``,`` is
+sent without the name (a warning is logged): SendGrid cannot carry it, and the message matters
+more than the display name. A repeated address fails its second recipient before sending.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+from email.utils import parseaddr
+from typing import TYPE_CHECKING, Any, Self
+
+from newsletter.exceptions import MailError
+from newsletter.mail.base import Batch, PreparedContent
+from newsletter.mail.http import (
+    HttpBackend,
+    failed_result,
+    in_order,
+    refused_results,
+    sent_result,
+)
+from newsletter.mail.message import list_headers
+from newsletter.types import DeliveryResult, Recipient
+
+if TYPE_CHECKING:
+    import requests
+
+    from newsletter.config import Config
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 30 * 1000 * 1000
+MAX_SUBSTITUTION_BYTES = 50_000  # per personalization
+_PERSONALIZATION_FIELD = re.compile(r"personalizations\.(\d+)\b")
+
+
+def html_tag(name: str) -> str:
+    return f"-nlvar.html.{name}-"
+
+
+def text_tag(name: str) -> str:
+    return f"-nlvar.text.{name}-"
+
+
+class SendGridBackend(HttpBackend):
+    name = "sendgrid"
+    max_batch_size = 1000
+    idempotent = False  # SendGrid has no idempotency key
+    default_base_url = "https://api.sendgrid.com"
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        cls.check_batch_size(config)
+        return cls(
+            cls.secret(config, "token_env"),
+            **cls.http_options(config),
+            **cls.common_options(config),
+        )
+
+    def client_options(self) -> dict[str, Any]:
+        return {"headers": {"Authorization": f"Bearer {self.token}"}}
+
+    def send_batch(self, content: PreparedContent, batch: Batch) -> list[DeliveryResult]:
+        good, results = self.checked(content, batch)
+        people: list[tuple[int, Recipient, dict[str, Any]]] = []
+        seen: set[str] = set()
+        for i, recipient in good:
+            address = recipient.email.lower()
+            if address in seen:
+                results[i] = failed_result(
+                    recipient, f"{self.name}: the address is twice in this batch"
+                )
+                continue
+            seen.add(address)
+            person = self._personalization(content, recipient)
+            size = len(json.dumps(person["substitutions"], ensure_ascii=False).encode())
+            if size > MAX_SUBSTITUTION_BYTES:
+                results[i] = failed_result(
+                    recipient,
+                    f"{self.name}: the recipient's values are {size:,} bytes, over SendGrid's "
+                    f"limit of {MAX_SUBSTITUTION_BYTES:,} per personalization",
+                )
+                continue
+            people.append((i, recipient, person))
+
+        try:
+            self._send(content, people, results)
+        except MailError as e:
+            results.update(refused_results(e, ((i, r) for i, r, _ in people)))
+        return in_order(results, len(batch))
+
+    def _send(
+        self,
+        content: PreparedContent,
+        people: list[tuple[int, Recipient, dict[str, Any]]],
+        results: dict[int, DeliveryResult],
+    ) -> None:
+        """Post ``people``; on a 400 naming personalizations, fail those and post the rest once.
+
+        ``people`` is left holding the recipients still unsettled when a ``MailError`` is raised.
+        """
+        retried = False
+        while people:
+            response = self._post(content, [person for _, _, person in people])
+            if 200 <= response.status_code < 300:
+                message_id = response.headers.get("X-Message-Id") or None
+                for i, recipient, _ in people:
+                    results[i] = sent_result(recipient, message_id)
+                return
+            errors = _errors(response)
+            rejected = None if retried else _rejected(errors, response.status_code, len(people))
+            if rejected is None:
+                text = "; ".join(message for _, message in errors) or None
+                raise self.http.refusal(response, text)
+            for position, reason in rejected.items():
+                i, recipient, _ = people[position]
+                results[i] = failed_result(recipient, f"{self.name}: {reason} (HTTP 400)")
+            people[:] = [p for position, p in enumerate(people) if position not in rejected]
+            retried = True
+
+    def _personalization(self, content: PreparedContent, recipient: Recipient) -> dict[str, Any]:
+        values = recipient.values
+        to: dict[str, str] = {"email": recipient.email}
+        if recipient.name and not any(c in recipient.name for c in ";,"):
+            to["name"] = recipient.name
+        elif recipient.name:
+            log.warning(
+                "%s: sending to %s without the name %r (SendGrid refuses ';' and ',' in names)",
+                self.name,
+                recipient.email,
+                recipient.name,
+            )
+        substitutions = {text_tag(n): values.get(n, "") for n in sorted(content.text.used)}
+        substitutions |= {
+            html_tag(n): html.escape(values.get(n, "")) for n in sorted(content.html.used)
+        }
+        return {
+            "to": [to],
+            "substitutions": substitutions,
+            "headers": dict(list_headers(content.content, values["unsubscribe_url"])),
+        }
+
+    def _post(self, content: PreparedContent, people: list[dict[str, Any]]) -> requests.Response:
+        head, tail = content.once(self.name, lambda: self._shared(content))
+        body = head + json.dumps(people, ensure_ascii=False).encode() + tail
+        if len(body) > MAX_REQUEST_BYTES:
+            raise MailError(
+                f"refused before sending: the request is {len(body):,} bytes, over SendGrid's "
+                f"limit of {MAX_REQUEST_BYTES:,}",
+                backend=self.name,
+            )
+        return self.http.post(
+            "/v3/mail/send", data=body, headers={"Content-Type": "application/json"}
+        )
+
+    def _shared(self, content: PreparedContent) -> tuple[bytes, bytes]:
+        """The request body around the personalizations, encoded once per digest."""
+        shared = content.content
+        from_name, from_email = parseaddr(shared.from_addr)
+        payload: dict[str, Any] = {
+            "personalizations": None,
+            "from": {"email": from_email, **({"name": from_name} if from_name else {})},
+            "subject": shared.subject,
+            "content": [
+                {"type": "text/plain", "value": content.text.convert(text_tag)},
+                {"type": "text/html", "value": content.html.convert(html_tag)},
+            ],
+        }
+        if shared.reply_to:
+            reply_name, reply_email = parseaddr(shared.reply_to)
+            payload["reply_to"] = {
+                "email": reply_email,
+                **({"name": reply_name} if reply_name else {}),
+            }
+        encoded = json.dumps(payload, ensure_ascii=False).encode()
+        head, _, tail = encoded.partition(b"null")  # "personalizations" is the first key
+        return head, tail
+
+
+def _errors(response: requests.Response) -> list[tuple[str, str]]:
+    """SendGrid's ``(field, message)`` pairs from an error answer (empty if it has none)."""
+    try:
+        errors = response.json()["errors"]
+        return [(str(e.get("field") or ""), str(e.get("message") or "")) for e in errors]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def _rejected(errors: list[tuple[str, str]], status: int, count: int) -> dict[int, str] | None:
+    """Personalization position -> SendGrid's reason, when every error of a 400 names one."""
+    if status != 400 or not errors:
+        return None
+    rejected: dict[int, str] = {}
+    for field, message in errors:
+        match = _PERSONALIZATION_FIELD.match(field)
+        if match is None or int(match[1]) >= count:
+            return None
+        position = int(match[1])
+        rejected[position] = f"{rejected[position]}; {message}" if position in rejected else message
+    return rejected
