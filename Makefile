@@ -28,7 +28,13 @@ run: $(VENV)/.installed
 	$(BIN)/newsletter --config $(CONFIG) subscribers import examples/subscribers.csv
 	$(BIN)/newsletter --config $(CONFIG) run --once
 
-test: $(VENV)/.installed-test
+# The browser tests drive Debian's chromium (Playwright never downloads a browser here).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+/usr/bin/chromium:
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+test: $(VENV)/.installed-test /usr/bin/chromium
 	$(BIN)/ruff check newsletter tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest

@@ -32,7 +32,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from newsletter import __version__, clock
+from newsletter import __version__
 from newsletter.config import Config, find_config, load_config
 from newsletter.core import Publisher, make_publisher
 from newsletter.exceptions import ConfigError, NewsletterError
@@ -212,18 +212,19 @@ def digest(state: State, preview: Path | None, text_path: Path | None, force: bo
         if not plan.articles:
             console.print("no new articles: the next digest would not be sent (--force overrides)")
             return
-        rendered = publisher.renderer.render(plan.articles, now=clock.now())
+        rendered = publisher.render_next_digest(force=force)
+        assert rendered is not None  # the plan has articles
         # Fill the placeholders with an example recipient, as a subscriber would see it.
         from newsletter.render.personalize import Template
 
         values = publisher.recipient_values(0, "reader@example.com", "Example Reader")
         console.print(f"subject: {rendered.subject}", highlight=False)
         console.print(
-            f"{len(plan.articles)} articles"
-            + (f" (+{plan.more} more beyond digest.max_items)" if plan.more else ""),
+            f"{len(rendered.articles)} articles"
+            + (f" (+{rendered.more} more on the web)" if rendered.more else ""),
             highlight=False,
         )
-        for a in plan.articles:
+        for a in rendered.articles:
             console.print(f"  - {a.title} [dim]({a.source})[/]", highlight=False)
         if preview is not None:
             html = Template(rendered.html, is_html=True).fill(values)

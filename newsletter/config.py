@@ -125,6 +125,7 @@ class DigestSettings:
     subject: str = (
         "{{ newsletter.title }}: {{ lead.title }}{% if rest %} (+{{ rest }} more){% endif %}"
     )
+    preheader: str = "{{ lead.summary | plaintext or lead.title }}"
     greeting_fallback: str = "there"
 
 
@@ -539,7 +540,9 @@ def _schedule(t: _Table, default_tz: str) -> ScheduleSettings:
 
 
 def _digest(t: _Table) -> DigestSettings:
-    t.allow("lookback_hours", "max_items", "section_by", "subject", "greeting_fallback")
+    t.allow(
+        "lookback_hours", "max_items", "section_by", "subject", "preheader", "greeting_fallback"
+    )
     section_by = t.text("section_by", "source")
     if section_by not in SECTION_BY:
         raise t.error("section_by", f"expected one of {', '.join(SECTION_BY)}, got {section_by!r}")
@@ -548,6 +551,7 @@ def _digest(t: _Table) -> DigestSettings:
         max_items=t.number("max_items", 30, minimum=1, integer=True),
         section_by=section_by,
         subject=t.text("subject", DigestSettings.subject),
+        preheader=t.text("preheader", DigestSettings.preheader),
         greeting_fallback=t.text("greeting_fallback", "there"),
     )
     return settings

@@ -23,14 +23,15 @@ import requests
 from newsletter import clock
 from newsletter.addresses import validate_address
 from newsletter.config import Config
-from newsletter.exceptions import NewsletterError, SubscriberError
+from newsletter.exceptions import NewsletterError, RenderError, SubscriberError
 from newsletter.gather import gather
 from newsletter.mail import make_backend
-from newsletter.mail.base import Batch, MailBackend
+from newsletter.mail.base import Batch, MailBackend, PreparedContent
+from newsletter.render import archive
 from newsletter.render.digest import DigestRenderer, RenderedDigest
 from newsletter.render.feeds import write_feeds
 from newsletter.sources import Source, make_source
-from newsletter.storage import Storage
+from newsletter.storage import Storage, new_digest_uid
 from newsletter.tokens import UnsubscribeTokens
 from newsletter.types import (
     Article,
@@ -156,9 +157,25 @@ class Publisher:
             return gather(self.sources(session), self.storage, progress=progress)
 
     def build_feeds(self) -> list[Path]:
-        """Rewrite the feeds from the newest articles. Unchanged feeds are left untouched."""
+        """Rewrite the feeds from the newest articles, and the web archive of the digests.
+
+        Returns the files (re)written; unchanged files are left untouched.
+        """
         articles = self.storage.recent_articles(self.config.feeds.max_items)
-        return write_feeds(articles, self.config.newsletter, self.config.feeds)
+        written = write_feeds(articles, self.config.newsletter, self.config.feeds)
+        return written + self.write_archive()
+
+    def write_archive(self) -> list[Path]:
+        """Rewrite the web archive (a page per digest and the index) from the stored digests.
+
+        Nothing is written before the first digest. Returns the files (re)written.
+        """
+        digests = self.storage.list_digests()
+        if not digests:
+            return []
+        return archive.write_archive(
+            digests, renderer=self.renderer, output_dir=self.config.feeds.output_dir
+        )
 
     # --- digests ---------------------------------------------------------------------------------
 
@@ -182,11 +199,20 @@ class Publisher:
         )
 
     def render_next_digest(self, *, force: bool = False) -> RenderedDigest | None:
-        """Render what would be sent now, without creating anything (the editors' preview)."""
+        """Render what would be sent now, without creating anything (the editors' preview).
+
+        A digest that does not exist yet has no page in the archive: its "view in your
+        browser" link points to the archive's index.
+        """
         plan = self.plan_digest(force=force)
         if not plan.articles:
             return None
-        return self.renderer.render(plan.articles, now=clock.now())
+        return self.renderer.render(
+            plan.articles,
+            now=clock.now(),
+            more=plan.more,
+            archive_url=archive.index_url(self.config.newsletter),
+        )
 
     def send_digest(
         self,
@@ -219,23 +245,40 @@ class Publisher:
                     else f"no articles published in the last {lookback:g} h"
                 )
                 return SendReport(digest_id=None, reason=reason)
-            rendered = self.renderer.render(plan.articles, now=now)
+            # The uid is made first so that the digest can link to its own archive page.
+            uid = new_digest_uid()
+            rendered = self.renderer.render(
+                plan.articles,
+                now=now,
+                more=plan.more,
+                archive_url=archive.page_url(self.config.newsletter, now, uid),
+            )
             digest = self.storage.create_digest(
                 subject=rendered.subject,
                 preheader=rendered.preheader,
                 html=rendered.html,
                 text=rendered.text,
-                article_ids=[a.id for a in plan.articles],
+                # Only what the digest shows: articles left out for size are in its "more".
+                article_ids=[a.id for a in rendered.articles],
                 now=now,
+                uid=uid,
             )
             created = True
-            log.info("digest %d created: %d articles", digest.id, len(plan.articles))
+            log.info("digest %d created: %d articles", digest.id, len(rendered.articles))
+        self._archive_quietly(digest)
 
         backend = self.backend
         counts = self.storage.digest_counts(digest.id)
         if counts.inflight and (backend.idempotent or resend_uncertain):
-            requeued = self.storage.requeue_inflight(digest.id, now)
-            log.warning("digest %d: re-sending %d deliveries left in flight", digest.id, requeued)
+            since = None
+            if not resend_uncertain and backend.idempotency_window is not None:
+                # Past the provider's memory of the key a re-send would deliver twice.
+                since = now - backend.idempotency_window
+            requeued = self.storage.requeue_inflight(digest.id, now, since=since)
+            if requeued:
+                log.warning(
+                    "digest %d: re-sending %d deliveries left in flight", digest.id, requeued
+                )
             counts = self.storage.digest_counts(digest.id)
         if on_start is not None:
             on_start(digest, counts)
@@ -269,6 +312,15 @@ class Publisher:
             stopped=stopped,
         )
 
+    def _archive_quietly(self, digest: Digest) -> None:
+        """Write the archive before delivering, so the "view in your browser" link works when
+        the first message arrives. A failure is logged and does not stop the delivery: the
+        next ``build_feeds`` (``newsletter feeds``, every scheduled gather) writes it again."""
+        try:
+            self.write_archive()
+        except (OSError, RenderError) as e:
+            log.error("digest %d: the web archive was not written: %s", digest.id, e)
+
     def plan_send(self, *, force: bool = False, resend_uncertain: bool = False) -> SendPlan:
         """What ``send_digest`` would do now, touching nothing (``newsletter send --dry-run``)."""
         backend = self.backend
@@ -300,8 +352,9 @@ class Publisher:
                     (),
                     "no new articles since the last digest",
                 )
-            subject = self.renderer.render(plan.articles, now=clock.now()).subject
-            articles = len(plan.articles)
+            rendered = self.renderer.render(plan.articles, now=clock.now(), more=plan.more)
+            subject = rendered.subject
+            articles = len(rendered.articles)
             recipients = self.storage.count_subscribers(SubscriberStatus.ACTIVE)
             sample = tuple(
                 s.email
@@ -312,7 +365,13 @@ class Publisher:
                 )
             )
             uncertain = 0
-        batches = -(-recipients // backend.batch_size)
+        content = (
+            self._content(digest)
+            if digest is not None
+            else self._content_of(0, "plan", rendered.subject, rendered.html, rendered.text)
+        )
+        batch_size = backend.batch_size_for(PreparedContent(content))
+        batches = -(-recipients // batch_size)
         return SendPlan(
             digest.id if digest else None,
             subject,
@@ -320,7 +379,7 @@ class Publisher:
             recipients,
             uncertain,
             backend.describe(),
-            backend.batch_size,
+            batch_size,
             batches,
             sample,
             None,

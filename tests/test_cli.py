@@ -37,7 +37,12 @@ def test_run_once_twice_like_make_run(example_project: Path) -> None:
     assert "gathered 4 sources: 9 new" in first.stdout
     assert "digest 1 created and delivered (9 articles): 4 sent" in first.stdout
     feeds = example_project.parent / "feeds-out"
-    assert sorted(p.name for p in feeds.iterdir()) == ["atom.xml", "feed.json", "rss.xml"]
+    assert sorted(p.name for p in feeds.iterdir()) == [
+        "archive",
+        "atom.xml",
+        "feed.json",
+        "rss.xml",
+    ]
     assert len(list((example_project.parent / "outbox" / "1").glob("*.eml"))) == 4
 
     second = newsletter("--config", cfg, "run", "--once")

@@ -2,9 +2,11 @@
 
 Owns: the one Jinja environment (the user's templates directory first, then ours), the
 template context, the subject and preheader, the single premailer pass that inlines the CSS,
-and the plain-text layout (72 columns, links as numbered references). Per-recipient values are
-left in as ``personalize`` placeholders, so a digest is rendered and inlined once, whatever the
-number of subscribers; ``personalize.Template`` fills them per recipient.
+the size budget (Gmail clips a message over 102 KB: articles that do not fit become the
+"N more on the web" link) and the plain-text layout (72 columns, links as numbered
+references). Per-recipient values are left in as ``personalize`` placeholders, so a digest is
+rendered and inlined once, whatever the number of subscribers; ``personalize.Template`` fills
+them per recipient.
 
 Does not own: choosing the articles, storing the digest, filling the placeholders, building
 MIME messages (``mail.message``) or anything per recipient.
@@ -13,9 +15,10 @@ MIME messages (``mail.message``) or anything per recipient.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from html.parser import HTMLParser
 from importlib import resources
@@ -37,10 +40,20 @@ log = logging.getLogger(__name__)
 HTML_TEMPLATE = "digest.html"
 TEXT_TEMPLATE = "digest.txt"
 SUBJECT_TEMPLATE = "[digest] subject"  # how errors name the subject template from the config
+PREHEADER_TEMPLATE = "[digest] preheader"
 # RFC 5322 2.1.1: lines SHOULD stay within 78 characters; a subject that fits reads whole in
 # most inbox lists too.
 SUBJECT_MAX = 78
+# Below this, a shortened lead title says nothing; the whole subject is cut instead.
+SUBJECT_MIN_TITLE = 12
 PREHEADER_MAX = 100
+SUMMARY_MAX = 300  # characters of an article's summary in the digest (``excerpt``)
+IMAGE_WIDTH = 536  # px: the 600 px column less its padding; the width attribute Outlook uses
+# Gmail clips a message whose HTML is over 102 KB ("[Message clipped]"), hiding the footer and
+# its unsubscribe link. The budget is for the inlined HTML with its placeholders; the margin
+# left is for the values filled per recipient (an unsubscribe URL is longer than its
+# placeholder).
+HTML_MAX_BYTES = 100_000
 UNTAGGED = "More"
 
 
@@ -50,6 +63,14 @@ class RenderedDigest:
     preheader: str
     html: str  # inlined, with placeholders
     text: str  # wrapped, with placeholders
+    # The articles shown, in the order given: fewer than asked when the HTML had to shrink.
+    articles: tuple[Article, ...] = ()
+    more: int = 0  # articles not shown (beyond max_items, or left out for size): "N more"
+
+    @property
+    def size(self) -> int:
+        """Bytes of the HTML part as rendered (placeholders unfilled)."""
+        return len(self.html.encode())
 
 
 def default_templates_dir() -> Path:
@@ -64,14 +85,18 @@ def default_templates_dir() -> Path:
 class DigestRenderer:
     """Renders digests for one configuration. Build it once; ``render`` is reentrant.
 
-    Template context (HTML and text): ``newsletter`` (NewsletterSettings), ``articles``,
-    ``sections`` (list of ``(heading, articles)``; the heading is empty when not sectioned),
-    ``lead`` (first article), ``rest`` (how many others), ``now`` (in the newsletter's time
-    zone), ``subject``, ``preheader``, ``greeting_fallback`` and ``recipient`` (placeholders:
-    ``first_name``, ``name``, ``email``, ``unsubscribe_url``). The text template also gets
-    ``ref(url)``, which returns ``[n]`` and lists the URL at the end of the message.
-    Filters: ``plaintext`` (HTML to one line of text) and ``date`` (in the newsletter's zone).
-    The subject template sees ``newsletter``, ``lead``, ``rest`` and ``articles``.
+    Template context (HTML and text): ``newsletter`` (NewsletterSettings), ``articles`` (the
+    ones shown), ``sections`` (list of ``(heading, articles)``; the heading is empty when not
+    sectioned), ``lead`` (first article), ``rest`` (how many others are shown), ``more`` (how
+    many are not, with ``more_url`` where to find them), ``archive_url`` (this issue on the
+    web, or None), ``now`` (in the newsletter's time zone), ``subject``, ``preheader``,
+    ``greeting_fallback``, ``image_width`` and ``recipient`` (placeholders: ``first_name``,
+    ``name``, ``email``, ``unsubscribe_url``). The text template also gets ``ref(url)``, which
+    returns ``[n]`` and lists the URL at the end of the message.
+    Filters: ``plaintext`` (HTML to one line of text), ``excerpt`` (plain text cut at a word
+    boundary, ``SUMMARY_MAX`` characters unless given) and ``date`` (in the newsletter's zone).
+    The subject and preheader templates see ``newsletter``, ``lead``, ``rest``, ``more`` and
+    ``articles``.
     """
 
     def __init__(self, config: Config) -> None:
@@ -80,8 +105,9 @@ class DigestRenderer:
         self.tz = ZoneInfo(config.newsletter.timezone)
         folders = [config.templates_dir] if config.templates_dir is not None else []
         folders.append(default_templates_dir())
+        self.template_dirs: tuple[Path, ...] = tuple(folders)
         self.env = jinja2.Environment(
-            loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(f) for f in folders]),
+            loader=_OverridesLoader(folders),
             # HTML is escaped; the text template and the subject string are not.
             autoescape=jinja2.select_autoescape(
                 enabled_extensions=("html", "htm", "xml"),
@@ -94,38 +120,120 @@ class DigestRenderer:
             keep_trailing_newline=True,
         )
         self.env.filters["plaintext"] = html_to_text
+        self.env.filters["excerpt"] = excerpt
         self.env.filters["date"] = self._date
-        with _template_errors(SUBJECT_TEMPLATE):
+        with template_errors(SUBJECT_TEMPLATE):
             self.subject_template = self.env.from_string(config.digest.subject)
+        with template_errors(PREHEADER_TEMPLATE):
+            self.preheader_template = self.env.from_string(config.digest.preheader)
 
-    def render(self, articles: Sequence[Article], *, now: datetime) -> RenderedDigest:
-        """Render the digest of ``articles`` (newest first). Raises ``RenderError``."""
+    def render(
+        self,
+        articles: Sequence[Article],
+        *,
+        now: datetime,
+        more: int = 0,
+        archive_url: str | None = None,
+    ) -> RenderedDigest:
+        """Render the digest of ``articles`` (newest first). Raises ``RenderError``.
+
+        ``more`` counts articles that did not make it into ``articles`` (beyond
+        ``digest.max_items``); ``archive_url`` is where this issue can be read on the web (the
+        "view in your browser" link; none without it). When the inlined HTML is over
+        ``HTML_MAX_BYTES``, articles are left out from the end, and counted into ``more``,
+        until it fits; the result says which articles it shows.
+        """
         if not articles:
             raise RenderError("a digest needs at least one article")
+        shown = list(articles)
+        while True:
+            rendered = self._render(shown, now=now, more=more, archive_url=archive_url)
+            size = rendered.size
+            if size <= HTML_MAX_BYTES or len(shown) == 1:
+                break
+            # Every article costs about the same once inlined; dropping the estimate usually
+            # fits at the next pass, and the loop checks rather than trusts it.
+            per_article = size / len(shown)
+            drop = min(len(shown) - 1, max(1, math.ceil((size - HTML_MAX_BYTES) / per_article)))
+            shown = shown[:-drop]
+            more += drop
+        left_out = len(articles) - len(shown)
+        if left_out:
+            log.warning(
+                "the digest HTML was over %d KB, where Gmail clips a message: left the last %d "
+                'of %d articles out (counted in the "%d more on the web" link)',
+                HTML_MAX_BYTES // 1000,
+                left_out,
+                len(articles),
+                more,
+            )
+        if size > HTML_MAX_BYTES:
+            log.warning(
+                "the digest HTML is %.1f KB with a single article; Gmail clips it after 102 KB",
+                size / 1000,
+            )
+        log.debug(
+            "rendered digest of %d articles (+%d more): %d bytes of HTML", len(shown), more, size
+        )
+        return rendered
+
+    def _render(
+        self, articles: list[Article], *, now: datetime, more: int, archive_url: str | None
+    ) -> RenderedDigest:
         lead = articles[0]
         base: dict[str, Any] = {
             "newsletter": self.newsletter,
-            "articles": list(articles),
+            "articles": articles,
             "lead": lead,
             "rest": len(articles) - 1,
+            "more": more,
         }
-        with _template_errors(SUBJECT_TEMPLATE):
-            subject = shorten(self.subject_template.render(base), SUBJECT_MAX)
-        if not subject:
-            raise RenderError("the subject is empty", template=SUBJECT_TEMPLATE)
+        subject = self._subject(base)
+        with template_errors(PREHEADER_TEMPLATE):
+            preheader = shorten(self.preheader_template.render(base), PREHEADER_MAX)
         context = {
             **base,
             "sections": self._sections(articles),
             "recipient": personalize.Placeholders(),
             "now": now.astimezone(self.tz),
             "subject": subject,
-            "preheader": shorten(html_to_text(lead.summary) or lead.title, PREHEADER_MAX),
+            "preheader": preheader,
             "greeting_fallback": self.settings.greeting_fallback,
+            "more_url": self.newsletter.site_url,
+            "archive_url": archive_url,
+            "image_width": IMAGE_WIDTH,
         }
-        html = self._html(context)
-        text = self._text(context)
-        log.debug("rendered digest of %d articles: %d chars HTML", len(articles), len(html))
-        return RenderedDigest(subject=subject, preheader=context["preheader"], html=html, text=text)
+        return RenderedDigest(
+            subject=subject,
+            preheader=preheader,
+            html=self._html(context),
+            text=self._text(context),
+            articles=tuple(articles),
+            more=more,
+        )
+
+    def _subject(self, base: dict[str, Any]) -> str:
+        """The subject on one line, at most ``SUBJECT_MAX`` characters.
+
+        When it is too long, the lead's title is shortened (at a word boundary) rather than
+        the end cut off, so a count such as "(+4 more)" stays readable. A template whose
+        length does not depend on the title is cut at the end as a last resort.
+        """
+        with template_errors(SUBJECT_TEMPLATE):
+            full = " ".join(self.subject_template.render(base).split())
+            subject = full
+            lead: Article = base["lead"]
+            title = " ".join(lead.title.split())
+            limit = len(title) - (len(subject) - SUBJECT_MAX)
+            while len(subject) > SUBJECT_MAX and limit >= SUBJECT_MIN_TITLE:
+                short = replace(lead, title=shorten(title, limit))
+                subject = " ".join(self.subject_template.render({**base, "lead": short}).split())
+                limit -= max(1, len(subject) - SUBJECT_MAX)
+        if len(subject) > SUBJECT_MAX:
+            subject = shorten(full, SUBJECT_MAX)
+        if not subject:
+            raise RenderError("the subject is empty", template=SUBJECT_TEMPLATE)
+        return subject
 
     def _sections(self, articles: Sequence[Article]) -> list[tuple[str, list[Article]]]:
         by = self.settings.section_by
@@ -143,13 +251,13 @@ class DigestRenderer:
         return list(groups.items())
 
     def _html(self, context: dict[str, Any]) -> str:
-        with _template_errors(HTML_TEMPLATE):
+        with template_errors(HTML_TEMPLATE):
             html = self.env.get_template(HTML_TEMPLATE).render(context)
         return inline_css(html, base_url=self.newsletter.site_url)
 
     def _text(self, context: dict[str, Any]) -> str:
         refs = _References()
-        with _template_errors(TEXT_TEMPLATE):
+        with template_errors(TEXT_TEMPLATE):
             body = self.env.get_template(TEXT_TEMPLATE).render({**context, "ref": refs})
         return wrap_text(body.strip("\n")) + "\n" + refs.listing()
 
@@ -158,8 +266,58 @@ class DigestRenderer:
         return local.strftime(fmt) if fmt else f"{local.day} {local:%B %Y}"
 
 
+class _OverridesLoader(jinja2.BaseLoader):
+    """The first folder that has a template wins (the user's, then ours), as a ChoiceLoader
+    of FileSystemLoaders would do.
+
+    Jinja re-reads a cached template when *its* file changes; this loader also drops it when
+    another file starts winning, so a file added to (or removed from) the user's folder takes
+    effect in a long-running process (``newsletter run``, the preview) without a restart.
+    """
+
+    def __init__(self, folders: Sequence[Path]) -> None:
+        self.folders = tuple(folders)
+        self.loaders = [jinja2.FileSystemLoader(f) for f in folders]
+
+    def _winner(self, template: str) -> Path | None:
+        pieces = jinja2.loaders.split_template_path(template)
+        return next(
+            (f.joinpath(*pieces) for f in self.folders if f.joinpath(*pieces).is_file()), None
+        )
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        found = None
+        for loader in self.loaders:
+            try:
+                found = loader.get_source(environment, template)
+                break
+            except jinja2.TemplateNotFound:
+                continue
+        if found is None:
+            raise jinja2.TemplateNotFound(template)
+        source, filename, uptodate = found
+        winner = self._winner(template)
+
+        def current() -> bool:
+            if self._winner(template) != winner:
+                return False
+            return uptodate() if uptodate is not None else True
+
+        return source, filename, current
+
+    def list_templates(self) -> list[str]:
+        return sorted({name for loader in self.loaders for name in loader.list_templates()})
+
+
+def excerpt(fragment: str | None, limit: int = SUMMARY_MAX) -> str:
+    """The text of an HTML fragment on one line, cut at a word boundary to ``limit`` chars."""
+    return shorten(html_to_text(fragment), limit)
+
+
 @contextmanager
-def _template_errors(name: str) -> Iterator[None]:
+def template_errors(name: str) -> Iterator[None]:
     """The Jinja boundary: any ``TemplateError`` becomes one ``RenderError`` naming the file."""
     try:
         yield
@@ -191,8 +349,10 @@ def inline_css(html: str, *, base_url: str) -> str:
             # cssutils' validator predates properties e-mail CSS needs (color-scheme, mso-*,
             # -webkit-*); it only logs and never changes the output, so it is time for nothing.
             disable_validation=True,
-            # premailer turns `height: auto` on images into an invalid height="auto" attribute.
-            disable_basic_attributes=["height"],
+            # premailer copies CSS sizes into attributes: `height: auto` on images becomes an
+            # invalid height="auto", and `width: 100%` would overwrite the pixel width the
+            # templates give images and tables for Outlook, which reads only the attribute.
+            disable_basic_attributes=["height", "width"],
             allow_network=False,
             cssutils_logging_level=logging.CRITICAL,
         ).transform()

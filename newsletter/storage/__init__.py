@@ -60,6 +60,11 @@ __all__ = ["Storage"]
 ARTICLE_NAMESPACE = uuid.UUID("6f1b4f6e-3c55-4f43-9a59-5d2b8c0f7a11")
 
 
+def new_digest_uid() -> str:
+    """A fresh public id for a digest: random, URL- and Message-ID-safe."""
+    return secrets.token_hex(8)
+
+
 def article_uid(source: str, key: str) -> str:
     return f"urn:uuid:{uuid.uuid5(ARTICLE_NAMESPACE, source + chr(10) + key)}"
 
@@ -434,9 +439,14 @@ class Storage:
         text: str,
         article_ids: Sequence[int],
         now: datetime,
+        uid: str | None = None,
     ) -> Digest:
-        """Store a rendered digest and freeze its recipient list (every active subscriber now)."""
-        uid = secrets.token_hex(8)
+        """Store a rendered digest and freeze its recipient list (every active subscriber now).
+
+        ``uid`` is the digest's public id (random when not given); a caller that needs it
+        before the digest exists (for links inside the digest) makes it with ``new_digest_uid``.
+        """
+        uid = uid or new_digest_uid()
         with self._tx() as conn:
             inserted = conn.execute(
                 insert(s.digests).values(
@@ -491,6 +501,20 @@ class Storage:
                 .all()
             )
         return _digest(row, tuple(ids))
+
+    def list_digests(self) -> list[Digest]:
+        """Every digest, newest first (the web archive lists them all)."""
+        with self._tx() as conn:
+            rows = conn.execute(select(s.digests).order_by(s.digests.c.id.desc())).all()
+            links = conn.execute(
+                select(s.digest_articles.c.digest_id, s.digest_articles.c.article_id).order_by(
+                    s.digest_articles.c.digest_id, s.digest_articles.c.position
+                )
+            ).all()
+        ids: dict[int, list[int]] = {}
+        for link in links:
+            ids.setdefault(link.digest_id, []).append(link.article_id)
+        return [_digest(row, tuple(ids.get(row.id, ()))) for row in rows]
 
     def last_digest(self) -> Digest | None:
         with self._tx() as conn:
@@ -623,16 +647,18 @@ class Storage:
         with self._tx() as conn:
             conn.execute(statement, rows)
 
-    def requeue_inflight(self, digest_id: int, now: datetime) -> int:
-        """Put in-flight deliveries back to pending (after a crash, when resending is safe)."""
+    def requeue_inflight(
+        self, digest_id: int, now: datetime, *, since: datetime | None = None
+    ) -> int:
+        """Put in-flight deliveries back to pending (after a crash, when resending is safe);
+        with ``since``, only those that went in flight after it. They keep their batch key."""
+        d = s.deliveries
+        condition = [d.c.digest_id == digest_id, d.c.status == DeliveryStatus.INFLIGHT]
+        if since is not None:
+            condition.append(d.c.updated_at > since)
         with self._tx() as conn:
             result = conn.execute(
-                update(s.deliveries)
-                .where(
-                    s.deliveries.c.digest_id == digest_id,
-                    s.deliveries.c.status == DeliveryStatus.INFLIGHT,
-                )
-                .values(status=DeliveryStatus.PENDING, updated_at=now)
+                update(d).where(*condition).values(status=DeliveryStatus.PENDING, updated_at=now)
             )
         return int(result.rowcount)
 

@@ -1,0 +1,163 @@
+"""Write the web archive: one standalone page per digest, and an index linking every issue.
+
+Layout, under the feeds' output folder (served at ``<site_url>archive/``)::
+
+    archive/index.html                  every issue, newest first, with feed autodiscovery
+    archive/<YYYY-MM-DD>-<uid>.html     one digest as a web page
+
+A page's name comes from the digest's creation date (UTC, so that changing the newsletter's
+time zone never renames a page) and its ``uid``, the random id that is also part of every
+Message-ID of that digest. Both are known before the digest is stored, so the digest can carry
+its own "view in your browser" link (``page_url``), and the name never changes afterwards.
+
+A page is the digest's inlined HTML exactly as stored, with the per-recipient placeholders
+filled for an anonymous reader (``anonymous_values``): no name, no address, and an
+"unsubscribe" link to the site's subscription page instead of anyone's personal token, so a
+shared link unsubscribes nobody.
+
+Owns: the archive's file names and URLs, filling pages and rendering the index (template
+``archive.html``, found like every other template). Does not own: choosing or storing digests
+(``core``, ``storage``) or serving the files (the web app, or any static host).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from newsletter.config import NewsletterSettings
+from newsletter.files import atomic_write
+from newsletter.render.digest import DigestRenderer, template_errors
+from newsletter.render.feeds import ATOM_FILE, JSON_FILE, RSS_FILE
+from newsletter.render.personalize import Template
+from newsletter.types import Digest
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_DIR = "archive"
+INDEX_FILE = "index.html"
+INDEX_TEMPLATE = "archive.html"
+FEEDS_PATH = "feeds/"  # where render.feeds says the feeds live under the site URL
+# Where the anonymous copy's "unsubscribe" link goes: the page that explains how to subscribe
+# and leave. Only the link in each subscriber's own copy carries a token.
+SUBSCRIBE_PATH = "subscribe"
+
+
+@dataclass(frozen=True)
+class FeedLink:
+    """One feed as the index links it (``<link rel="alternate">`` and a visible link)."""
+
+    url: str
+    type: str  # media type, as feed readers expect it in autodiscovery
+    title: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One digest as the index lists it."""
+
+    url: str  # relative to the index
+    subject: str
+    preheader: str
+    date: datetime  # creation time, aware
+
+
+def page_name(created_at: datetime, uid: str) -> str:
+    """The file name of a digest's page: ``<YYYY-MM-DD>-<uid>.html`` (UTC date)."""
+    return f"{created_at.astimezone(UTC):%Y-%m-%d}-{uid}.html"
+
+
+def index_url(newsletter: NewsletterSettings) -> str:
+    """The archive's public URL (its index page)."""
+    return f"{newsletter.site_url}{ARCHIVE_DIR}/"
+
+
+def page_url(newsletter: NewsletterSettings, created_at: datetime, uid: str) -> str:
+    """The public URL of a digest's page: the "view in your browser" link."""
+    return index_url(newsletter) + page_name(created_at, uid)
+
+
+def anonymous_values(newsletter: NewsletterSettings, greeting_fallback: str) -> dict[str, str]:
+    """Placeholder values for a reader we do not know: the archive's copy of a digest.
+
+    ``email`` becomes "you", so the default footer reads "because you subscribed".
+    """
+    return {
+        "email": "you",
+        "name": "",
+        "first_name": greeting_fallback,
+        "unsubscribe_url": newsletter.site_url + SUBSCRIBE_PATH,
+    }
+
+
+def feed_links(newsletter: NewsletterSettings) -> tuple[FeedLink, ...]:
+    base = newsletter.site_url + FEEDS_PATH
+    title = newsletter.title
+    return (
+        FeedLink(base + RSS_FILE, "application/rss+xml", f"{title} (RSS)", "RSS"),
+        FeedLink(base + ATOM_FILE, "application/atom+xml", f"{title} (Atom)", "Atom"),
+        FeedLink(base + JSON_FILE, "application/feed+json", f"{title} (JSON Feed)", "JSON Feed"),
+    )
+
+
+def write_archive(
+    digests: Sequence[Digest], *, renderer: DigestRenderer, output_dir: Path
+) -> list[Path]:
+    """Write a page for each digest and the index into ``output_dir/archive``.
+
+    Returns the files (re)written; a file whose content is unchanged is left alone, so
+    rebuilding an unchanged archive writes nothing. Pages of digests that are no longer
+    stored are not deleted. Raises ``RenderError`` for a broken ``archive.html`` and
+    ``OSError`` when a file cannot be written.
+    """
+    newsletter = renderer.newsletter
+    folder = output_dir / ARCHIVE_DIR
+    values = anonymous_values(newsletter, renderer.settings.greeting_fallback)
+    discovery = _discovery_tags(feed_links(newsletter))
+    outputs: dict[str, str] = {}
+    newest_first = sorted(digests, key=lambda d: (d.created_at, d.id), reverse=True)
+    for digest in newest_first:
+        page = Template(digest.html, is_html=True).fill(values)
+        outputs[page_name(digest.created_at, digest.uid)] = _add_to_head(page, discovery)
+    issues = [
+        Issue(
+            url=page_name(d.created_at, d.uid),
+            subject=d.subject,
+            preheader=d.preheader,
+            date=d.created_at,
+        )
+        for d in newest_first
+    ]
+    with template_errors(INDEX_TEMPLATE):
+        outputs[INDEX_FILE] = renderer.env.get_template(INDEX_TEMPLATE).render(
+            newsletter=newsletter, issues=issues, feeds=feed_links(newsletter)
+        )
+    written = []
+    for name, text in outputs.items():
+        path = folder / name
+        if atomic_write(path, text.encode()):
+            written.append(path)
+    if written:
+        log.info("archive: wrote %d files in %s (%d issues)", len(written), folder, len(issues))
+    return written
+
+
+def _discovery_tags(feeds: Sequence[FeedLink]) -> str:
+    return "".join(
+        f'<link rel="alternate" type="{f.type}" title="{html.escape(f.title)}" '
+        f'href="{html.escape(f.url)}">\n'
+        for f in feeds
+    )
+
+
+def _add_to_head(page: str, tags: str) -> str:
+    """``page`` with ``tags`` at the end of its ``<head>`` (unchanged when it has none)."""
+    at = page.lower().find("</head>")
+    if at < 0:
+        return page
+    return page[:at] + tags + page[at:]
