@@ -153,6 +153,15 @@ deliveries = Table(
 Index(
     "ix_deliveries_status", deliveries.c.digest_id, deliveries.c.status, deliveries.c.subscriber_id
 )
+# claim_batch looks up pending rows by batch key (released batches first, then new ones in
+# subscriber order); without this every claim scanned all pending rows (migration 3).
+Index(
+    "ix_deliveries_claim",
+    deliveries.c.digest_id,
+    deliveries.c.status,
+    deliveries.c.batch,
+    deliveries.c.subscriber_id,
+)
 
 
 # --- migrations ----------------------------------------------------------------------------------
@@ -164,8 +173,17 @@ def _m2_delivery_batches(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE deliveries ADD COLUMN batch VARCHAR(64)"))
 
 
+def _m3_claim_index(conn: Connection) -> None:
+    conn.execute(
+        text(
+            "CREATE INDEX IF NOT EXISTS ix_deliveries_claim "
+            "ON deliveries (digest_id, status, batch, subscriber_id)"
+        )
+    )
+
+
 # MIGRATIONS[n] brings a database from version n + 1 to n + 2; version 1 is create_all above.
-MIGRATIONS: list[Migration] = [_m2_delivery_batches]
+MIGRATIONS: list[Migration] = [_m2_delivery_batches, _m3_claim_index]
 VERSION = 1 + len(MIGRATIONS)
 
 
