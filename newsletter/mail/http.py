@@ -27,7 +27,7 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from email.headerregistry import Address
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -234,6 +234,21 @@ class HttpBackend(MailBackend):
         self.max_retries = max_retries
         self.backoff_factor = backoff_factor
         self.client: HttpClient | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        cls.check_batch_size(config)
+        return cls(
+            cls.secret(config, "token_env"),
+            **cls.provider_options(config),
+            **cls.http_options(config),
+            **cls.common_options(config),
+        )
+
+    @classmethod
+    def provider_options(cls, config: Config) -> dict[str, Any]:
+        """The ``[mail]`` keys only this provider takes (Postmark's stream, Mailgun's domain)."""
+        return {}
 
     @staticmethod
     def http_options(config: Config) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import html
 import json
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from newsletter.exceptions import MailError
 from newsletter.mail.base import Batch, PreparedContent
@@ -86,15 +86,8 @@ class MailgunBackend(HttpBackend):
         self.domain = domain
 
     @classmethod
-    def from_config(cls, config: Config) -> Self:
-        cls.check_batch_size(config)
-        return cls(
-            cls.secret(config, "token_env"),
-            domain=config.mail.domain or "",
-            region=config.mail.region,
-            **cls.http_options(config),
-            **cls.common_options(config),
-        )
+    def provider_options(cls, config: Config) -> dict[str, Any]:
+        return {"domain": config.mail.domain or "", "region": config.mail.region}
 
     def describe(self) -> str:
         return f"{self.name} ({self.base_url}, domain {self.domain})"

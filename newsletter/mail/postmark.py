@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from newsletter.exceptions import MailError
 from newsletter.mail.base import Batch, PreparedContent
@@ -73,14 +73,8 @@ class PostmarkBackend(HttpBackend):
         self.message_stream = message_stream
 
     @classmethod
-    def from_config(cls, config: Config) -> Self:
-        cls.check_batch_size(config)
-        return cls(
-            cls.secret(config, "token_env"),
-            message_stream=config.mail.message_stream,
-            **cls.http_options(config),
-            **cls.common_options(config),
-        )
+    def provider_options(cls, config: Config) -> dict[str, Any]:
+        return {"message_stream": config.mail.message_stream}
 
     def client_options(self) -> dict[str, Any]:
         return {"headers": {"X-Postmark-Server-Token": self.token}}

@@ -49,7 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from newsletter.exceptions import MailError
 from newsletter.mail.base import Batch, PreparedContent
@@ -67,7 +67,6 @@ from newsletter.types import DeliveryResult, Recipient
 if TYPE_CHECKING:
     import requests
 
-    from newsletter.config import Config
 
 MAX_KEY_LENGTH = 256
 
@@ -87,15 +86,6 @@ class ResendBackend(HttpBackend):
     # would be delivered again, so it is reported as uncertain instead (an hour's margin).
     idempotency_window = timedelta(hours=23)
     default_base_url = "https://api.resend.com"
-
-    @classmethod
-    def from_config(cls, config: Config) -> Self:
-        cls.check_batch_size(config)
-        return cls(
-            cls.secret(config, "token_env"),
-            **cls.http_options(config),
-            **cls.common_options(config),
-        )
 
     def client_options(self) -> dict[str, Any]:
         return {

@@ -42,7 +42,7 @@ import json
 import logging
 import re
 from email.utils import parseaddr
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from newsletter.exceptions import MailError
 from newsletter.mail.base import Batch, PreparedContent
@@ -59,7 +59,6 @@ from newsletter.types import DeliveryResult, Recipient
 if TYPE_CHECKING:
     import requests
 
-    from newsletter.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +80,6 @@ class SendGridBackend(HttpBackend):
     max_batch_size = 1000
     idempotent = False  # SendGrid has no idempotency key
     default_base_url = "https://api.sendgrid.com"
-
-    @classmethod
-    def from_config(cls, config: Config) -> Self:
-        cls.check_batch_size(config)
-        return cls(
-            cls.secret(config, "token_env"),
-            **cls.http_options(config),
-            **cls.common_options(config),
-        )
 
     def client_options(self) -> dict[str, Any]:
         return {"headers": {"Authorization": f"Bearer {self.token}"}}
