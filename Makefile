@@ -10,6 +10,7 @@ help:
 	@echo "make run   - set up .venv, import the example subscribers, run one gather/feeds/digest cycle"
 	@echo "make test  - set up .venv with the test extras and run the whole test suite"
 	@echo "make lint  - ruff check and format check; make typecheck - mypy --strict"
+	@echo "make bench - the render and send benchmarks (figures, no pass/fail)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,8 @@ typecheck: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/render.py
+	$(BIN)/python benchmarks/send.py --subscribers 20000
 
 clean:
-	rm -rf $(VENV) feeds/*.xml feeds/*.json outbox examples/*.db* .pytest_cache .mypy_cache
+	find feeds -mindepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf $(VENV) outbox examples/*.db* .pytest_cache .mypy_cache
