@@ -172,12 +172,19 @@ def gather_cmd(state: State) -> None:
 def _feeds(publisher: Publisher) -> None:
     written = publisher.build_feeds()
     out = publisher.config.feeds.output_dir
-    if written:
-        console.print(
-            f"feeds: wrote {', '.join(p.name for p in written)} in {out}", highlight=False
-        )
-    else:
+    if not written:
         console.print(f"feeds: unchanged in {out}", highlight=False)
+        return
+    # Per-tag feeds, archive pages and the digest archive can be many files: name the main
+    # feeds, count the rest.
+    main = [p.name for p in written if p.parent == out]
+    rest = len(written) - len(main)
+    console.print(
+        f"feeds: wrote {', '.join(main) or 'no main feed'}"
+        + (f" and {rest} other files" if rest else "")
+        + f" in {out}",
+        highlight=False,
+    )
 
 
 @cli.command()
@@ -387,6 +394,25 @@ def preview(state: State, host: str, port: int) -> None:
     serve(config_file, host=host, port=port)
 
 
+@cli.command()
+@click.option("--host", help="Address to listen on.  [default: [web] host, 127.0.0.1]")
+@click.option("--port", type=int, help="Port to listen on.  [default: [web] port, 8080]")
+@pass_state
+def serve(state: State, host: str | None, port: int | None) -> None:
+    """Serve the public site: feeds, archive, subscribe and unsubscribe, provider webhooks."""
+    from newsletter.web.public import serve as serve_public
+
+    config = state.config
+    assert config.file is not None  # loaded from a file by State
+    host = host or config.web.host
+    port = config.web.port if port is None else port
+    console.print(f"serving: http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
+    try:
+        serve_public(config.file, host=host, port=port)
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
+        console.print("stopped")
+
+
 # --- status --------------------------------------------------------------------------------------
 
 
@@ -421,7 +447,7 @@ def status(state: State) -> None:
     console.print(table)
     console.print(f"articles stored: {report.articles}", highlight=False)
     console.print(
-        f"subscribers: {report.active_subscribers} active, {report.unsubscribed} unsubscribed",
+        "subscribers: " + ", ".join(f"{n} {status}" for status, n in report.subscribers.items()),
         highlight=False,
     )
     d, c = report.last_digest, report.last_digest_counts

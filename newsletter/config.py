@@ -9,6 +9,7 @@ error. Does not own: reading secrets (only the *names* of environment variables 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -115,6 +116,12 @@ class FeedSettings:
     output_dir: Path
     max_items: int = 50
     ttl_minutes: int = 60
+    archive_page_size: int | None = None  # items per RFC 5005 archive page; None: max_items
+    websub_hub: str | None = None  # absolute http(s) URL of a WebSub hub to name and ping
+
+    @property
+    def page_size(self) -> int:
+        return self.archive_page_size or self.max_items
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,26 @@ class HttpSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """``newsletter serve``: where it listens, whom it trusts, and the webhooks' secrets.
+
+    The ``*_env`` keys hold the NAMES of environment variables; a webhook whose names are not
+    configured is not served at all.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Peers whose X-Forwarded-For/-Proto/-Host headers are believed: addresses or networks.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    subscribe_rate_per_minute: float = 5.0  # POST /subscribe per client address
+    confirm_hours: float = 72.0  # lifetime of a confirmation link
+    postmark_webhook_user_env: str | None = None
+    postmark_webhook_password_env: str | None = None
+    sendgrid_webhook_key_env: str | None = None  # the Signed Event Webhook's public key
+    mailgun_signing_key_env: str | None = None  # Mailgun's HTTP webhook signing key
+
+
+@dataclass(frozen=True)
 class Config:
     file: Path | None
     newsletter: NewsletterSettings
@@ -174,6 +201,7 @@ class Config:
     storage: StorageSettings
     http: HttpSettings = field(default_factory=HttpSettings)
     templates_dir: Path | None = None  # the user's overrides, searched before ours
+    web: WebSettings = field(default_factory=WebSettings)
 
     def secret(self, env_name: str) -> str | None:
         """Read a secret from the environment variable the config names (never from the file)."""
@@ -389,18 +417,34 @@ def parse_config(text: str, file: Path | None = None) -> Config:
         "storage",
         "http",
         "templates",
+        "web",
     )
 
     nl = _newsletter(root.table("newsletter"))
     sources = _sources(root, loader)
     schedule = _schedule(root.table("schedule"), nl.timezone)
     feeds_t = root.table("feeds")
-    feeds_t.allow("output_dir", "max_items", "ttl_minutes")
+    feeds_t.allow("output_dir", "max_items", "ttl_minutes", "archive_page_size", "websub_hub")
     feeds = FeedSettings(
         output_dir=feeds_t.path_value("output_dir", "feeds"),
         max_items=feeds_t.number("max_items", 50, minimum=1, integer=True),
         ttl_minutes=feeds_t.number("ttl_minutes", 60, minimum=1, integer=True),
+        archive_page_size=feeds_t.number("archive_page_size", None, minimum=1, integer=True),
+        websub_hub=feeds_t.text("websub_hub", None),
     )
+    # The newest partial archive page lives only in the current feed, so a page larger than
+    # the current feed would leave items in neither.
+    if feeds.page_size > feeds.max_items:
+        raise feeds_t.error(
+            "archive_page_size",
+            f"must not exceed max_items ({feeds.max_items}), got {feeds.page_size}",
+        )
+    if feeds.websub_hub is not None:
+        hub = urlsplit(feeds.websub_hub)
+        if hub.scheme not in ("http", "https") or not hub.netloc:
+            raise feeds_t.error(
+                "websub_hub", f"expected an absolute http(s) URL, got {feeds.websub_hub!r}"
+            )
     digest = _digest(root.table("digest"))
     mail = _mail(root.table("mail"))
     storage_t = root.table("storage")
@@ -415,6 +459,7 @@ def parse_config(text: str, file: Path | None = None) -> Config:
     templates = root.path_value("templates", None)
     if templates is not None and not templates.is_dir():
         raise root.error("templates", f"is not a directory: {templates}")
+    web = _web(root.table("web"))
     return Config(
         file=file,
         newsletter=nl,
@@ -426,6 +471,7 @@ def parse_config(text: str, file: Path | None = None) -> Config:
         storage=storage,
         http=http,
         templates_dir=templates,
+        web=web,
     )
 
 
@@ -604,6 +650,66 @@ def _mail(t: _Table) -> MailSettings:
         username=t.text("username", None),
         password_env=t.text("password_env", None),
         ca_file=t.path_value("ca_file", None),
+    )
+
+
+_WEB_ENV_KEYS = (
+    "postmark_webhook_user_env",
+    "postmark_webhook_password_env",
+    "sendgrid_webhook_key_env",
+    "mailgun_signing_key_env",
+)
+
+
+def _web(t: _Table) -> WebSettings:
+    t.allow(
+        "host",
+        "port",
+        "trusted_proxies",
+        "subscribe_rate_per_minute",
+        "confirm_hours",
+        *_WEB_ENV_KEYS,
+    )
+    envs: dict[str, str | None] = {}
+    for key in _WEB_ENV_KEYS:
+        name = t.text(key, None)
+        if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise t.error(key, "expected the NAME of an environment variable, not a value")
+        envs[key] = name
+    user, password = envs["postmark_webhook_user_env"], envs["postmark_webhook_password_env"]
+    if (user is None) != (password is None):
+        missing = (
+            "postmark_webhook_password_env" if password is None else "postmark_webhook_user_env"
+        )
+        raise t.error(missing, "the Postmark webhook needs both a user and a password variable")
+    proxies = t.get(
+        "trusted_proxies", list, list(WebSettings.trusted_proxies), "a list of addresses"
+    )
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except (TypeError, ValueError) as e:
+            raise t.error(
+                "trusted_proxies",
+                f"expected IP addresses or networks such as 10.0.0.0/8, got {proxy!r}",
+            ) from e
+    port = t.number("port", WebSettings.port, minimum=0, integer=True)
+    if port > 65535:
+        raise t.error("port", f"must be at most 65535, got {port}")
+    return WebSettings(
+        host=t.text("host", WebSettings.host),
+        port=port,
+        trusted_proxies=tuple(proxies),
+        subscribe_rate_per_minute=float(
+            t.number(
+                "subscribe_rate_per_minute", WebSettings.subscribe_rate_per_minute, minimum=0.1
+            )
+        ),
+        confirm_hours=float(t.number("confirm_hours", WebSettings.confirm_hours, minimum=0.1)),
+        postmark_webhook_user_env=user,
+        postmark_webhook_password_env=password,
+        sendgrid_webhook_key_env=envs["sendgrid_webhook_key_env"],
+        mailgun_signing_key_env=envs["mailgun_signing_key_env"],
     )
 
 

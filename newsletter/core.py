@@ -32,7 +32,7 @@ from newsletter.render.digest import DigestRenderer, RenderedDigest
 from newsletter.render.feeds import write_feeds
 from newsletter.sources import Source, make_source
 from newsletter.storage import Storage, new_digest_uid
-from newsletter.tokens import UnsubscribeTokens
+from newsletter.tokens import ConfirmTokens, TokenError, UnsubscribeTokens
 from newsletter.types import (
     Article,
     DeliveryResult,
@@ -48,10 +48,13 @@ from newsletter.types import (
     Subscriber,
     SubscriberStatus,
 )
+from newsletter.websub import ping_hub
 
 log = logging.getLogger(__name__)
 
 SECRET_META_KEY = "generated_secret"  # noqa: S105 - a key name, not a secret
+# A pending address is sent another confirmation only this long after the last one.
+CONFIRM_RESEND = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,12 @@ class StatusReport:
     configured_sources: tuple[str, ...]
     last_digest: Digest | None
     last_digest_counts: DigestCounts | None
-    active_subscribers: int
-    unsubscribed: int
+    subscribers: dict[SubscriberStatus, int]  # every status, zeros included
     articles: int
+
+    @property
+    def active_subscribers(self) -> int:
+        return self.subscribers[SubscriberStatus.ACTIVE]
 
 
 def make_publisher(config: Config, *, storage: Storage | None = None) -> Publisher:
@@ -121,7 +127,19 @@ class Publisher:
 
     @cached_property
     def tokens(self) -> UnsubscribeTokens:
-        return UnsubscribeTokens(self._secret(), self.config.newsletter.list_id)
+        return UnsubscribeTokens(self._secret_value, self.config.newsletter.list_id)
+
+    @cached_property
+    def confirm_tokens(self) -> ConfirmTokens:
+        return ConfirmTokens(
+            self._secret_value,
+            self.config.newsletter.list_id,
+            max_age=timedelta(hours=self.config.web.confirm_hours),
+        )
+
+    @cached_property
+    def _secret_value(self) -> str:
+        return self._secret()
 
     def _secret(self) -> str:
         env = self.config.newsletter.secret_env
@@ -157,13 +175,31 @@ class Publisher:
             return gather(self.sources(session), self.storage, progress=progress)
 
     def build_feeds(self) -> list[Path]:
-        """Rewrite the feeds from the newest articles, and the web archive of the digests.
+        """Rewrite the feeds (main, per tag, archive pages) from the stored articles, tell the
+        WebSub hub, when one is configured, which current feeds changed, and rewrite the web
+        archive of the digests.
 
-        Returns the files (re)written; unchanged files are left untouched.
+        Returns the files (re)written; unchanged files are left untouched. A hub that refuses
+        or cannot be reached is logged and does not fail the build.
         """
-        articles = self.storage.recent_articles(self.config.feeds.max_items)
-        written = write_feeds(articles, self.config.newsletter, self.config.feeds)
-        return written + self.write_archive()
+        storage = self.storage
+
+        def history() -> Iterator[Article]:
+            offset = 0
+            while batch := storage.articles_page(offset, 500):
+                yield from batch
+                offset += len(batch)
+
+        feeds = self.config.feeds
+        written = write_feeds(history(), self.config.newsletter, feeds)
+        if feeds.websub_hub and written.changed:
+            ping_hub(
+                feeds.websub_hub,
+                written.changed,
+                user_agent=self.config.http.user_agent,
+                timeout=self.config.http.timeout,
+            )
+        return [*written.paths, *self.write_archive()]
 
     def write_archive(self) -> list[Path]:
         """Rewrite the web archive (a page per digest and the index) from the stored digests.
@@ -471,6 +507,72 @@ class Publisher:
     def subscribers(self, status: SubscriberStatus | None = None) -> Iterator[Subscriber]:
         return self.storage.iter_subscribers(status=status)
 
+    # --- the web's subscription flow -------------------------------------------------------------
+
+    def request_subscription(self, email: str, name: str | None = None) -> Subscriber | None:
+        """Double opt-in, step one: record the request (a new or unsubscribed address becomes
+        pending). Returns the subscriber to send a confirmation to now, or None when no mail
+        should go: already active, suppressed, or asked for within ``CONFIRM_RESEND``.
+        Raises ``SubscriberError`` for an address that is not valid."""
+        address = validate_address(email)
+        subscriber, send = self.storage.request_subscription(
+            address, _clean_name(name), clock.now(), resend_after=CONFIRM_RESEND
+        )
+        return subscriber if send else None
+
+    def confirmation_url(self, subscriber: Subscriber) -> str:
+        token = self.confirm_tokens.make(subscriber.id, subscriber.email)
+        return f"{self.config.newsletter.site_url}confirm/{token}"
+
+    def send_confirmation(
+        self, subscriber: Subscriber, *, subject: str, html: str, text: str
+    ) -> DeliveryResult:
+        """Send the confirmation mail (bodies written by the caller, with the confirmation URL
+        in them) through the configured backend, outside the delivery ledger. It carries the
+        subscriber's unsubscribe link too: "not me" is one click away."""
+        content = self._content_of(0, f"confirm{secrets.token_hex(6)}", subject, html, text)
+        values = self.recipient_values(subscriber.id, subscriber.email, subscriber.name)
+        recipient = Recipient(subscriber.id, subscriber.email, subscriber.name, values)
+        return self.backend.send_one(content, recipient)
+
+    def confirm_subscription(self, token: str) -> Subscriber:
+        """Double opt-in, step two: activate the pending subscriber the token names. Idempotent.
+
+        Returns the subscriber afterwards: ACTIVE, or the status that stopped it (unsubscribed
+        or suppressed since). Raises ``TokenExpired``, or ``TokenError`` for a bad token.
+        """
+        subscriber_id, tag = self.confirm_tokens.verify(token)
+        subscriber = self.storage.get_subscriber_by_id(subscriber_id)
+        if subscriber is None or not self.confirm_tokens.tag_matches(tag, subscriber.email):
+            raise TokenError("this confirmation link is not valid")
+        confirmed = self.storage.confirm_subscriber(subscriber_id, clock.now())
+        if confirmed is None:  # erased in between
+            raise TokenError("this confirmation link is not valid")
+        return confirmed
+
+    def subscriber_for_unsubscribe(self, token: str) -> Subscriber:
+        """The subscriber an unsubscribe token names, checked against the stored address.
+        Raises ``TokenError``."""
+        subscriber_id, _ = self.tokens.verify(token)
+        subscriber = self.storage.get_subscriber_by_id(subscriber_id)
+        if subscriber is None or not self.tokens.matches(token, subscriber.email):
+            raise TokenError("this unsubscribe link is not valid")
+        return subscriber
+
+    def unsubscribe_by_token(self, token: str) -> Subscriber:
+        """Unsubscribe whoever ``token`` names; committed before it returns. Idempotent.
+        Raises ``TokenError``."""
+        subscriber = self.subscriber_for_unsubscribe(token)
+        after = self.storage.unsubscribe_id(subscriber.id, clock.now())
+        if after is None:  # erased in between
+            raise TokenError("this unsubscribe link is not valid")
+        return after
+
+    def suppress(self, email: str, status: SubscriberStatus, reason: str | None = None) -> bool:
+        """Suppress a known address for good after a hard bounce or a spam complaint
+        (``status`` BOUNCED or COMPLAINED). False when unknown or already suppressed."""
+        return self.storage.suppress(email.strip(), status, reason, clock.now())
+
     # --- status ----------------------------------------------------------------------------------
 
     def status(self) -> StatusReport:
@@ -480,8 +582,7 @@ class Publisher:
             configured_sources=tuple(c.name for c in self.config.sources if c.enabled),
             last_digest=last,
             last_digest_counts=self.storage.digest_counts(last.id) if last else None,
-            active_subscribers=self.storage.count_subscribers(SubscriberStatus.ACTIVE),
-            unsubscribed=self.storage.count_subscribers(SubscriberStatus.UNSUBSCRIBED),
+            subscribers={s: self.storage.count_subscribers(s) for s in SubscriberStatus},
             articles=self.storage.count_articles(),
         )
 

@@ -1,4 +1,5 @@
-"""Signed per-subscriber tokens for unsubscribe links (itsdangerous ``Signer``, HMAC-SHA256).
+"""Signed per-subscriber tokens: unsubscribe links (itsdangerous ``Signer``, HMAC-SHA256), and
+expiring confirmation links for double opt-in (``TimestampSigner``, its own salt).
 
 A token is ``<subscriber id>.<address tag>.<signature>``: it names one subscriber of one list
 and carries a short hash of their address, so it is verifiable without a database lookup,
@@ -6,16 +7,24 @@ cannot be guessed, and cannot be replayed for another address or list (the list 
 signing salt). A bare ``Signer`` rather than a serializer: no JSON and no zlib attempt per
 token, which matters when one is made for every recipient of a large list.
 
-Owns signing and checking only; what an unsubscribe *does* belongs to the web app and Storage.
+A confirmation token has the same payload plus the time it was made, and a different salt,
+so an unsubscribe token never confirms anyone and a confirmation token never unsubscribes;
+it expires ``max_age`` after it was made (``TokenExpired``), measured on ``clock.now()``.
+
+Owns signing and checking only; what an unsubscribe or a confirmation *does* belongs to the
+web app, ``Publisher`` and Storage.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
+from datetime import timedelta
 
-from itsdangerous import BadSignature, Signer
+from itsdangerous import BadSignature, SignatureExpired, Signer, TimestampSigner
 
+from newsletter import clock
 from newsletter.exceptions import NewsletterError
 
 _PAYLOAD = re.compile(r"([0-9]+)\.([0-9a-f]{12})")
@@ -23,6 +32,10 @@ _PAYLOAD = re.compile(r"([0-9]+)\.([0-9a-f]{12})")
 
 class TokenError(NewsletterError):
     """A token was forged, altered, or made for another list."""
+
+
+class TokenExpired(TokenError):
+    """A confirmation token was genuine but is older than its lifetime."""
 
 
 def _address_tag(email: str) -> str:
@@ -59,3 +72,45 @@ class UnsubscribeTokens:
         except TokenError:
             return False
         return tag == _address_tag(email)
+
+
+class _ClockSigner(TimestampSigner):
+    """A ``TimestampSigner`` that reads the time from ``clock.now()`` (tests can fix it)."""
+
+    def get_timestamp(self) -> int:
+        return int(clock.now().timestamp())
+
+
+class ConfirmTokens:
+    """Expiring tokens for confirmation links: ``<id>.<address tag>.<time>.<signature>``."""
+
+    def __init__(self, secret: str, list_id: str, *, max_age: timedelta) -> None:
+        self.max_age = max_age
+        self._signer = _ClockSigner(
+            secret,
+            salt=f"confirm:{list_id}",
+            key_derivation="hmac",
+            digest_method=hashlib.sha256,
+        )
+
+    def make(self, subscriber_id: int, email: str) -> str:
+        return self._signer.sign(f"{subscriber_id}.{_address_tag(email)}").decode()
+
+    def verify(self, token: str) -> tuple[int, str]:
+        """Return (subscriber_id, address tag). Raises ``TokenExpired`` for a genuine token
+        past its lifetime and ``TokenError`` for any other bad token."""
+        try:
+            payload = self._signer.unsign(token, max_age=int(self.max_age.total_seconds()))
+        except SignatureExpired as e:
+            raise TokenExpired("this confirmation link has expired") from e
+        except (BadSignature, UnicodeError) as e:
+            raise TokenError("this confirmation link is not valid") from e
+        found = _PAYLOAD.fullmatch(payload.decode())
+        if found is None:
+            raise TokenError("this confirmation link is not valid")
+        return int(found.group(1)), found.group(2)
+
+    @staticmethod
+    def tag_matches(tag: str, email: str) -> bool:
+        """Whether an address tag from ``verify`` was made for ``email``."""
+        return hmac.compare_digest(tag, _address_tag(email))

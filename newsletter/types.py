@@ -123,8 +123,18 @@ class GatherResult:
 
 
 class SubscriberStatus(enum.StrEnum):
+    """Only ACTIVE subscribers are sent digests.
+
+    PENDING: asked to subscribe on the web, not confirmed yet (double opt-in). BOUNCED and
+    COMPLAINED: suppressed for good after a provider reported a hard bounce or a spam
+    complaint; neither an import nor a subscribe request brings them back.
+    """
+
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
+    PENDING = "pending"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ def test_run_once_twice_like_make_run(example_project: Path) -> None:
         "atom.xml",
         "feed.json",
         "rss.xml",
+        "tags",
     ]
     assert len(list((example_project.parent / "outbox" / "1").glob("*.eml"))) == 4
 

@@ -1,10 +1,14 @@
-"""RSS, Atom and JSON Feed output: parsed back with feedparser, compared across formats."""
+"""RSS, Atom and JSON Feed output: parsed back with feedparser, compared across formats.
+
+The standards checks, tag feeds, archive paging and WebSub are in ``test_feeds_spec.py``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from email.utils import parsedate_to_datetime
@@ -18,7 +22,7 @@ import pytest
 from newsletter import __version__
 from newsletter.config import FeedSettings, NewsletterSettings
 from newsletter.exceptions import RenderError
-from newsletter.render.feeds import EMPTY_FEED_UPDATED, write_feeds
+from newsletter.render.feeds import EMPTY_FEED_UPDATED, WrittenFeeds, write_feeds
 from newsletter.types import Article
 from tests._factories import BASE_TIME, make_article, make_config
 
@@ -43,7 +47,7 @@ def settings(tmp_path: Path) -> FeedSettings:
 def articles() -> list[Article]:
     return [
         make_article(0, updated=BASE_TIME + timedelta(hours=5)),  # edited after publication
-        make_article(1, author=None, tags=()),
+        make_article(1, author=None, tags=(), image_url="https://example.com/images/1.jpg"),
         make_article(2, url=None, title="Grüße aus Köln 😀", summary="", tags=("a", "b")),
     ]
 
@@ -58,12 +62,30 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def build(
+    items: Sequence[Article], newsletter: NewsletterSettings, settings: FeedSettings
+) -> WrittenFeeds:
+    """``write_feeds`` for ``items`` listed newest first, as these tests list them: it takes
+    the articles in the order they arrived, oldest first."""
+    return write_feeds(list(reversed(items)), newsletter, settings)
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def test_three_feeds_parse_back_with_the_same_items_in_the_same_order(
     newsletter: NewsletterSettings, settings: FeedSettings
 ) -> None:
     items = articles()
-    written = write_feeds(items, newsletter, settings)
-    assert [p.name for p in written] == ["rss.xml", "atom.xml", "feed.json"]
+    written = build(items, newsletter, settings)
+    out = settings.output_dir
+    # the main feeds first, then one set per tag ("python", "a", "b"): no archive pages yet
+    assert written.paths[:3] == (out / "rss.xml", out / "atom.xml", out / "feed.json")
+    assert {p.parent.name for p in written.paths[3:]} == {"python", "a", "b"}
+    assert written.changed[:3] == tuple(
+        f"https://news.example.org/feeds/{name}" for name in ("rss.xml", "atom.xml", "feed.json")
+    )
     expected_ids = [a.uid for a in items]
     for name in ("rss.xml", "atom.xml"):
         parsed = parse(settings.output_dir / name)
@@ -81,7 +103,7 @@ def test_full_content_summary_author_and_tags(
     newsletter: NewsletterSettings, settings: FeedSettings
 ) -> None:
     items = articles()
-    write_feeds(items, newsletter, settings)
+    build(items, newsletter, settings)
     for name in ("rss.xml", "atom.xml"):
         first, second, third = parse(settings.output_dir / name).entries
         assert first.content[0].value == items[0].content
@@ -104,7 +126,7 @@ def test_rss_uses_guid_dc_creator_content_encoded_and_self_link(
     newsletter: NewsletterSettings, settings: FeedSettings
 ) -> None:
     items = articles()
-    write_feeds(items, newsletter, settings)
+    build(items, newsletter, settings)
     channel = ET.parse(settings.output_dir / "rss.xml").getroot().find("channel")
     assert channel is not None
     self_link = channel.find("atom:link", NS)
@@ -117,7 +139,7 @@ def test_rss_uses_guid_dc_creator_content_encoded_and_self_link(
     assert channel.findtext("link") == "https://news.example.org/"
     assert channel.findtext("ttl") == "45"
     assert channel.findtext("language") == "en"
-    assert channel.findtext("generator") == "newsletter"
+    assert channel.findtext("generator") == f"newsletter {__version__}"
     assert channel.findtext("description") == "Things worth reading."
     item = channel.findall("item")[0]
     guid = item.find("guid")
@@ -134,7 +156,7 @@ def test_atom_has_self_and_alternate_links_html_content_and_feed_author(
     newsletter: NewsletterSettings, settings: FeedSettings
 ) -> None:
     items = articles()
-    write_feeds(items, newsletter, settings)
+    build(items, newsletter, settings)
     feed = ET.parse(settings.output_dir / "atom.xml").getroot()
     links = {link.attrib["rel"]: link.attrib["href"] for link in feed.findall("atom:link", NS)}
     assert links == {
@@ -152,7 +174,7 @@ def test_atom_has_self_and_alternate_links_html_content_and_feed_author(
 def test_dates_come_from_the_data(newsletter: NewsletterSettings, settings: FeedSettings) -> None:
     items = articles()
     newest_update = items[0].updated  # the edited article, not the newest publication
-    write_feeds(items, newsletter, settings)
+    build(items, newsletter, settings)
     rss = parse(settings.output_dir / "rss.xml")
     atom = parse(settings.output_dir / "atom.xml")
     channel = ET.parse(settings.output_dir / "rss.xml").getroot().find("channel")
@@ -169,24 +191,29 @@ def test_dates_come_from_the_data(newsletter: NewsletterSettings, settings: Feed
 def test_two_builds_of_the_same_data_are_byte_identical(
     newsletter: NewsletterSettings, settings: FeedSettings, tmp_path: Path
 ) -> None:
-    write_feeds(articles(), newsletter, settings)
-    first = {p.name: p.read_bytes() for p in settings.output_dir.iterdir()}
-    mtimes = {p.name: p.stat().st_mtime_ns for p in settings.output_dir.iterdir()}
+    build(articles(), newsletter, settings)
+    first = files(settings.output_dir)
+    mtimes = {p: p.stat().st_mtime_ns for p in settings.output_dir.rglob("*")}
     other = replace(settings, output_dir=tmp_path / "again")
-    write_feeds(articles(), newsletter, other)
-    assert {p.name: p.read_bytes() for p in other.output_dir.iterdir()} == first
+    build(articles(), newsletter, other)
+    assert files(other.output_dir) == first
     # and rewriting in place changes nothing on disk
-    assert write_feeds(articles(), newsletter, settings) == []
-    assert {p.name: p.stat().st_mtime_ns for p in settings.output_dir.iterdir()} == mtimes
+    assert build(articles(), newsletter, settings) == WrittenFeeds((), (), ())
+    assert {p: p.stat().st_mtime_ns for p in settings.output_dir.rglob("*")} == mtimes
 
 
 def test_a_changed_article_rewrites_the_feeds(
     newsletter: NewsletterSettings, settings: FeedSettings
 ) -> None:
     items = articles()
-    write_feeds(items, newsletter, settings)
+    build(items, newsletter, settings)
     items[1] = replace(items[1], title="A better title")
-    assert len(write_feeds(items, newsletter, settings)) == 3
+    # the article has no tag: only the main feeds change
+    assert [p.name for p in build(items, newsletter, settings).paths] == [
+        "rss.xml",
+        "atom.xml",
+        "feed.json",
+    ]
     assert parse(settings.output_dir / "atom.xml").entries[1].title == "A better title"
 
 
@@ -197,7 +224,7 @@ def test_ampersands_cdata_ends_non_ascii_and_emoji_survive(
     item = make_article(
         0, title=TRICKY, content=html, summary=html, author="Zoë ]]> & co", tags=("ç&]]>",)
     )
-    write_feeds([item], newsletter, settings)
+    build([item], newsletter, settings)
     for name in ("rss.xml", "atom.xml"):
         (entry,) = parse(settings.output_dir / name).entries
         assert entry.title == TRICKY
@@ -216,7 +243,7 @@ def test_characters_xml_cannot_hold_are_dropped_not_fatal(
     newsletter: NewsletterSettings, settings: FeedSettings
 ) -> None:
     item = make_article(0, title="Bell\x07 and\x0b tab\tkept", content="<p>x\x00y</p>")
-    write_feeds([item], newsletter, settings)
+    build([item], newsletter, settings)
     for name in ("rss.xml", "atom.xml"):
         (entry,) = parse(settings.output_dir / name).entries
         assert entry.title == "Bell and tab\tkept"
@@ -226,7 +253,7 @@ def test_characters_xml_cannot_hold_are_dropped_not_fatal(
 def test_json_feed_has_the_required_fields(
     newsletter: NewsletterSettings, settings: FeedSettings
 ) -> None:
-    write_feeds(articles(), newsletter, settings)
+    build(articles(), newsletter, settings)
     feed = read_json(settings.output_dir / "feed.json")
     assert feed["version"] == "https://jsonfeed.org/version/1.1"
     assert feed["title"] == "The Test Weekly"
@@ -241,14 +268,14 @@ def test_json_feed_has_the_required_fields(
 def test_empty_feeds_are_valid_and_deterministic(
     newsletter: NewsletterSettings, settings: FeedSettings, tmp_path: Path
 ) -> None:
-    write_feeds([], newsletter, settings)
+    build([], newsletter, settings)
     rss = parse(settings.output_dir / "rss.xml")
     atom = parse(settings.output_dir / "atom.xml")
     assert rss.entries == [] and atom.entries == []
     assert atom.feed.updated_parsed[:6] == EMPTY_FEED_UPDATED.timetuple()[:6]
     assert read_json(settings.output_dir / "feed.json")["items"] == []
     other = replace(settings, output_dir=tmp_path / "again")
-    write_feeds([], newsletter, other)
+    build([], newsletter, other)
     for name in ("rss.xml", "atom.xml", "feed.json"):
         assert (other.output_dir / name).read_bytes() == (settings.output_dir / name).read_bytes()
 
@@ -257,7 +284,7 @@ def test_at_most_max_items_newest_first(
     newsletter: NewsletterSettings, settings: FeedSettings
 ) -> None:
     items = [make_article(n) for n in range(5)]
-    write_feeds(items, newsletter, replace(settings, max_items=2))
+    build(items, newsletter, replace(settings, max_items=2))
     assert [e.id for e in parse(settings.output_dir / "atom.xml").entries] == [
         items[0].uid,
         items[1].uid,
@@ -267,13 +294,17 @@ def test_at_most_max_items_newest_first(
 def test_files_are_written_atomically(
     newsletter: NewsletterSettings, settings: FeedSettings
 ) -> None:
-    write_feeds(articles(), newsletter, settings)
-    write_feeds(articles()[:1], newsletter, settings)
+    build(articles(), newsletter, settings)
+    build(articles()[:1], newsletter, settings)
     # no temporary files (".rss.xml.XXXX.tmp") left behind
-    assert sorted(p.name for p in settings.output_dir.iterdir()) == [
+    assert sorted(files(settings.output_dir)) == [
         "atom.xml",
         "feed.json",
         "rss.xml",
+        "tags/index.json",
+        "tags/python/atom.xml",
+        "tags/python/feed.json",
+        "tags/python/rss.xml",
     ]
 
 
@@ -282,7 +313,7 @@ def test_feedgen_errors_become_one_render_error(
 ) -> None:
     # feedgen refuses an empty title (RSS and Atom both require one) with a bare ValueError.
     with pytest.raises(RenderError) as info:
-        write_feeds(articles(), replace(newsletter, title=""), settings)
+        build(articles(), replace(newsletter, title=""), settings)
     assert info.value.template == "rss.xml"
     assert isinstance(info.value.__cause__, ValueError)
     assert not settings.output_dir.exists()  # nothing half-written
@@ -299,10 +330,13 @@ def test_output_matches_the_golden_files(
 
     After an intended change, regenerate with ``UPDATE_GOLDEN=1 pytest tests/test_feeds.py``.
     """
-    write_feeds(articles(), newsletter, settings)
+    build(articles(), newsletter, settings)
     # the generator's version is the one volatile part
     actual = (settings.output_dir / name).read_text(encoding="utf-8")
     actual = actual.replace(f'version="{__version__}"', 'version="VERSION"')
+    actual = actual.replace(
+        f"<generator>newsletter {__version__}<", "<generator>newsletter VERSION<"
+    )
     golden = GOLDEN / name
     if os.environ.get("UPDATE_GOLDEN"):
         golden.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 Layout, under the feeds' output folder (served at ``<site_url>archive/``)::
 
     archive/index.html                  every issue, newest first, with feed autodiscovery
+                                        and a link to each tag's feeds
     archive/<YYYY-MM-DD>-<uid>.html     one digest as a web page
 
 A page's name comes from the digest's creation date (UTC, so that changing the newsletter's
@@ -32,7 +33,7 @@ from pathlib import Path
 from newsletter.config import NewsletterSettings
 from newsletter.files import atomic_write
 from newsletter.render.digest import DigestRenderer, template_errors
-from newsletter.render.feeds import ATOM_FILE, JSON_FILE, RSS_FILE
+from newsletter.render.feeds import ATOM_FILE, JSON_FILE, RSS_FILE, read_tag_index
 from newsletter.render.personalize import Template
 from newsletter.types import Digest
 
@@ -55,6 +56,15 @@ class FeedLink:
     type: str  # media type, as feed readers expect it in autodiscovery
     title: str
     label: str
+
+
+@dataclass(frozen=True)
+class TagFeeds:
+    """One tag's feeds, as the index lists them (never in autodiscovery: that is for the
+    newsletter's own feeds)."""
+
+    name: str
+    feeds: tuple[FeedLink, ...]
 
 
 @dataclass(frozen=True)
@@ -95,14 +105,36 @@ def anonymous_values(newsletter: NewsletterSettings, greeting_fallback: str) -> 
     }
 
 
+_FORMATS = (
+    (RSS_FILE, "application/rss+xml", "RSS"),
+    (ATOM_FILE, "application/atom+xml", "Atom"),
+    (JSON_FILE, "application/feed+json", "JSON Feed"),
+)
+
+
 def feed_links(newsletter: NewsletterSettings) -> tuple[FeedLink, ...]:
     base = newsletter.site_url + FEEDS_PATH
     title = newsletter.title
-    return (
-        FeedLink(base + RSS_FILE, "application/rss+xml", f"{title} (RSS)", "RSS"),
-        FeedLink(base + ATOM_FILE, "application/atom+xml", f"{title} (Atom)", "Atom"),
-        FeedLink(base + JSON_FILE, "application/feed+json", f"{title} (JSON Feed)", "JSON Feed"),
+    return tuple(
+        FeedLink(base + file, kind, f"{title} ({label})", label) for file, kind, label in _FORMATS
     )
+
+
+def tag_feed_links(newsletter: NewsletterSettings, output_dir: Path) -> tuple[TagFeeds, ...]:
+    """The feeds of every tag that has them (``render.feeds`` keeps the list), by slug."""
+    out = []
+    for tag in read_tag_index(output_dir):
+        title = f"{newsletter.title}: {tag.name}"
+        out.append(
+            TagFeeds(
+                tag.name,
+                tuple(
+                    FeedLink(tag.url(newsletter, file), kind, f"{title} ({label})", label)
+                    for file, kind, label in _FORMATS
+                ),
+            )
+        )
+    return tuple(out)
 
 
 def write_archive(
@@ -133,10 +165,12 @@ def write_archive(
         )
         for d in newest_first
     ]
+    tags = tag_feed_links(newsletter, output_dir)
     with template_errors(INDEX_TEMPLATE):
-        outputs[INDEX_FILE] = renderer.env.get_template(INDEX_TEMPLATE).render(
-            newsletter=newsletter, issues=issues, feeds=feed_links(newsletter)
+        index = renderer.env.get_template(INDEX_TEMPLATE).render(
+            newsletter=newsletter, issues=issues, feeds=feed_links(newsletter), tag_feeds=tags
         )
+    outputs[INDEX_FILE] = _add_tag_feeds(index, tags)
     written = []
     for name, text in outputs.items():
         path = folder / name
@@ -153,6 +187,27 @@ def _discovery_tags(feeds: Sequence[FeedLink]) -> str:
         f'href="{html.escape(f.url)}">\n'
         for f in feeds
     )
+
+
+def _add_tag_feeds(page: str, tags: Sequence[TagFeeds]) -> str:
+    """``page`` with a list of the tag feeds before its ``<footer>`` (else at the end of its
+    ``<main>`` or ``<body>``), unless the template listed them itself (its context has
+    ``tag_feeds``)."""
+    if not tags or tags[0].feeds[0].url in page:
+        return page
+    rows = "".join(
+        f"<li>{html.escape(t.name)}: "
+        + ", ".join(f'<a href="{html.escape(f.url)}">{f.label}</a>' for f in t.feeds)
+        + "</li>\n"
+        for t in tags
+    )
+    section = f'<section class="tag-feeds">\n<h2>Feeds by tag</h2>\n<ul>\n{rows}</ul>\n</section>\n'
+    lower = page.lower()
+    for mark in ("<footer", "</main>", "</body>"):
+        at = lower.rfind(mark)
+        if at >= 0:
+            return page[:at] + section + page[at:]
+    return page + section
 
 
 def _add_to_head(page: str, tags: str) -> str:

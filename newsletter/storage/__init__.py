@@ -14,13 +14,14 @@ import secrets
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     Connection,
     Engine,
     Table,
+    Text,
     and_,
     bindparam,
     create_engine,
@@ -55,6 +56,12 @@ from newsletter.types import (
 log = logging.getLogger(__name__)
 
 __all__ = ["Storage"]
+
+# Statuses that receive mail (or are about to: pending is waiting for its confirmation).
+_RECEIVING = (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
+# Statuses an admin's `subscribers add` may bring back; suppressed addresses stay suppressed.
+_REACTIVATABLE = (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.PENDING)
+_SUPPRESSED = (SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED)
 
 # Namespace for article uids: uuid5(namespace, source + "\n" + key) never changes for an article.
 ARTICLE_NAMESPACE = uuid.UUID("6f1b4f6e-3c55-4f43-9a59-5d2b8c0f7a11")
@@ -260,6 +267,24 @@ class Storage:
             ).all()
         return [_article(r) for r in rows]
 
+    def articles_page(self, offset: int, limit: int) -> list[Article]:
+        """``limit`` articles from ``offset``, in the order they arrived, oldest first.
+
+        Arrival order is first-seen time, then publication time (one fetch stores many
+        articles at once), then id. New articles always sort after the ones stored before
+        them, so a page of this order never changes its members when more arrive: what
+        ``render.feeds`` needs for archive pages that stay put (RFC 5005).
+        """
+        a = s.articles.c
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(s.articles)
+                .order_by(a.first_seen, a.published, a.id)
+                .offset(offset)
+                .limit(limit)
+            ).all()
+        return [_article(r) for r in rows]
+
     def digest_candidates(
         self, *, gathered_after: datetime | None, published_after: datetime, limit: int | None
     ) -> list[Article]:
@@ -302,7 +327,11 @@ class Storage:
     def add_subscriber(
         self, email: str, name: str | None, now: datetime, *, reactivate: bool = True
     ) -> tuple[Subscriber, bool]:
-        """Add (with ``reactivate``, re-activate) a subscriber. Returns (subscriber, created)."""
+        """Add (with ``reactivate``, re-activate) a subscriber. Returns (subscriber, created).
+
+        Re-activating brings back an unsubscribed or pending address, never a suppressed one
+        (bounced or complained).
+        """
         email = email.lower()
         with self._tx() as conn:
             row = conn.execute(select(s.subscribers).where(s.subscribers.c.email == email)).first()
@@ -315,7 +344,7 @@ class Storage:
                 created = True
             else:
                 created = False
-                if reactivate and row.status != SubscriberStatus.ACTIVE:
+                if reactivate and row.status in _REACTIVATABLE:
                     conn.execute(
                         update(s.subscribers)
                         .where(s.subscribers.c.id == row.id)
@@ -398,13 +427,14 @@ class Storage:
             return int(conn.execute(query).scalar_one())
 
     def unsubscribe(self, email: str, now: datetime) -> bool:
-        """Mark unsubscribed (kept, so an import cannot bring them back). False if unknown."""
+        """Mark an active or pending subscriber unsubscribed (kept, so an import cannot bring
+        them back). False when already gone; raises ``SubscriberError`` when unknown."""
         with self._tx() as conn:
             result = conn.execute(
                 update(s.subscribers)
                 .where(
                     s.subscribers.c.email == email.lower(),
-                    s.subscribers.c.status == SubscriberStatus.ACTIVE,
+                    s.subscribers.c.status.in_(_RECEIVING),
                 )
                 .values(status=SubscriberStatus.UNSUBSCRIBED, unsubscribed_at=now)
             )
@@ -416,6 +446,117 @@ class Storage:
         if row is None:
             raise SubscriberError("no such subscriber", address=email)
         return False
+
+    def get_subscriber_by_id(self, subscriber_id: int) -> Subscriber | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                select(s.subscribers).where(s.subscribers.c.id == subscriber_id)
+            ).first()
+        return _subscriber(row) if row is not None else None
+
+    def request_subscription(
+        self, email: str, name: str | None, now: datetime, *, resend_after: timedelta
+    ) -> tuple[Subscriber, bool]:
+        """Record a web subscription request, in one transaction. Returns (subscriber, send):
+        whether a confirmation mail should go out now.
+
+        A new address is added as pending; an unsubscribed one becomes pending again. A pending
+        address gets another confirmation only when the last one was asked for more than
+        ``resend_after`` ago, so repeated requests cannot flood a mailbox. Active and
+        suppressed addresses are left exactly as they are, and get nothing.
+        """
+        email = email.lower()
+        sub = s.subscribers
+        with self._tx() as conn:
+            conn.execute(
+                self._insert_ignore(sub, ["email"]),
+                [
+                    {
+                        "email": email,
+                        "name": name,
+                        "status": SubscriberStatus.PENDING,
+                        "created_at": now,
+                    }
+                ],
+            )
+            # The claim is one conditional UPDATE, so two requests racing for the same address
+            # cannot both decide to send.
+            claimed = conn.execute(
+                update(sub)
+                .where(
+                    sub.c.email == email,
+                    or_(
+                        sub.c.status == SubscriberStatus.UNSUBSCRIBED,
+                        and_(
+                            sub.c.status == SubscriberStatus.PENDING,
+                            or_(
+                                sub.c.confirm_sent_at.is_(None),
+                                sub.c.confirm_sent_at <= now - resend_after,
+                            ),
+                        ),
+                    ),
+                )
+                .values(
+                    status=SubscriberStatus.PENDING,
+                    confirm_sent_at=now,
+                    name=func.coalesce(literal(name, Text), sub.c.name),
+                )
+            )
+            row = conn.execute(select(sub).where(sub.c.email == email)).one()
+        return _subscriber(row), bool(claimed.rowcount)
+
+    def confirm_subscriber(self, subscriber_id: int, now: datetime) -> Subscriber | None:
+        """Activate a pending subscriber (double opt-in, step two). Returns the subscriber as it
+        is afterwards (unchanged when it was not pending), or None when unknown."""
+        sub = s.subscribers
+        with self._tx() as conn:
+            conn.execute(
+                update(sub)
+                .where(sub.c.id == subscriber_id, sub.c.status == SubscriberStatus.PENDING)
+                .values(status=SubscriberStatus.ACTIVE, confirmed_at=now, unsubscribed_at=None)
+            )
+            row = conn.execute(select(sub).where(sub.c.id == subscriber_id)).first()
+        return _subscriber(row) if row is not None else None
+
+    def unsubscribe_id(self, subscriber_id: int, now: datetime) -> Subscriber | None:
+        """``unsubscribe`` by id (the web's unsubscribe links). Committed before it returns.
+        Returns the subscriber as it is afterwards, or None when unknown."""
+        sub = s.subscribers
+        with self._tx() as conn:
+            conn.execute(
+                update(sub)
+                .where(sub.c.id == subscriber_id, sub.c.status.in_(_RECEIVING))
+                .values(status=SubscriberStatus.UNSUBSCRIBED, unsubscribed_at=now)
+            )
+            row = conn.execute(select(sub).where(sub.c.id == subscriber_id)).first()
+        return _subscriber(row) if row is not None else None
+
+    def suppress(
+        self, email: str, status: SubscriberStatus, reason: str | None, now: datetime
+    ) -> bool:
+        """Suppress a known address for good (``status`` BOUNCED or COMPLAINED), whatever its
+        status was; the first suppression is kept. True when this call changed it."""
+        if status not in _SUPPRESSED:
+            raise ValueError(f"{status} is not a suppression")
+        sub = s.subscribers
+        with self._tx() as conn:
+            result = conn.execute(
+                update(sub)
+                .where(sub.c.email == email.lower(), sub.c.status.not_in(_SUPPRESSED))
+                .values(
+                    status=status,
+                    status_reason=(reason or "")[:1000] or None,
+                    unsubscribed_at=func.coalesce(
+                        sub.c.unsubscribed_at, literal(now, s.UTCDateTime)
+                    ),
+                )
+            )
+        return bool(result.rowcount)
+
+    def ping(self) -> None:
+        """Raise ``StorageError`` unless the database answers a query."""
+        with self._tx() as conn:
+            conn.execute(select(literal(1))).one()
 
     def delete_subscriber(self, email: str) -> None:
         """Erase a subscriber and their delivery history (a data-protection request)."""

@@ -108,7 +108,13 @@ subscribers = Table(
     Column("name", Text),
     Column("status", String(20), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
-    Column("unsubscribed_at", UTCDateTime),
+    Column("unsubscribed_at", UTCDateTime),  # when they stopped receiving mail, for any reason
+    # Double opt-in (migration 4): when the last confirmation mail was asked for (repeated
+    # requests within a few minutes send nothing more), and when the address was confirmed.
+    Column("confirm_sent_at", UTCDateTime),
+    Column("confirmed_at", UTCDateTime),
+    # Why a provider suppressed the address (bounced or complained), as it reported it.
+    Column("status_reason", Text),
 )
 Index("ix_subscribers_status", subscribers.c.status, subscribers.c.id)
 
@@ -182,8 +188,18 @@ def _m3_claim_index(conn: Connection) -> None:
     )
 
 
+def _m4_subscriber_lifecycle(conn: Connection) -> None:
+    when = UTCDateTime().compile(dialect=conn.dialect)
+    for column, kind in (
+        ("confirm_sent_at", when),
+        ("confirmed_at", when),
+        ("status_reason", "TEXT"),
+    ):
+        conn.execute(text(f"ALTER TABLE subscribers ADD COLUMN {column} {kind}"))
+
+
 # MIGRATIONS[n] brings a database from version n + 1 to n + 2; version 1 is create_all above.
-MIGRATIONS: list[Migration] = [_m2_delivery_batches, _m3_claim_index]
+MIGRATIONS: list[Migration] = [_m2_delivery_batches, _m3_claim_index, _m4_subscriber_lifecycle]
 VERSION = 1 + len(MIGRATIONS)
 
 

@@ -69,7 +69,8 @@ def make_server(app: Starlette, *, stopping: threading.Event) -> Server:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
-        # Behind nothing: there is no proxy whose forwarded headers we should believe.
+        # uvicorn's own X-Forwarded-* handling stays off: the public site applies the headers
+        # itself, from the proxies [web] trusts (web.proxy); the preview is never proxied.
         proxy_headers=False,
     )
     return Server(config, stopping=stopping)
