@@ -82,3 +82,19 @@ class ListLedger:
         with self._lock:
             self.released.append(batch)
             self.pending[:0] = batch.recipients
+
+
+def make_recipient(n: int, address: str, name: str | None) -> Recipient:
+    """A recipient with the per-recipient values the core would fill in."""
+    first = (name or "").split()
+    return Recipient(
+        subscriber_id=n,
+        email=address,
+        name=name,
+        values={
+            "email": address,
+            "name": name or "",
+            "first_name": first[0] if first else "there",
+            "unsubscribe_url": f"https://news.example.org/unsubscribe/token-{n}?x=1&y=2",
+        },
+    )

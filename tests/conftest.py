@@ -6,10 +6,14 @@ import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from newsletter import clock
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -29,6 +33,23 @@ def example_project(tmp_path: Path) -> Path:
     text = text.replace('outbox_dir = "../outbox"', 'outbox_dir = "outbox"')
     config.write_text(text)
     return config
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium driven by Playwright, one per test module. A missing browser fails
+    the tests with the reason (never a silent skip)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests._browser import BrowserMissing, launch
+
+    try:
+        with sync_playwright() as playwright:
+            chromium = launch(playwright)
+            yield chromium
+            chromium.close()
+    except BrowserMissing as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from newsletter.mail.resend import ResendBackend
 from newsletter.mail.sendgrid import SendGridBackend
 from newsletter.mail.smtp import SMTPBackend
 from newsletter.types import DeliveryStatus, MessageContent, Recipient
-from tests._factories import ListLedger, make_config
+from tests._factories import ListLedger, make_config, make_recipient
 from tests._smtp import smtp_server
 from tests.emulators import (
     TOKEN,
@@ -51,19 +51,7 @@ SUBJECT = "The Test Weekly: Grüße aus Köln 😀"
 FROM = "The Test Weekly <weekly@news.example.org>"
 
 
-def recipient(n: int, address: str, name: str | None) -> Recipient:
-    first = (name or "").split()
-    return Recipient(
-        subscriber_id=n,
-        email=address,
-        name=name,
-        values={
-            "email": address,
-            "name": name or "",
-            "first_name": first[0] if first else "there",
-            "unsubscribe_url": f"https://news.example.org/unsubscribe/token-{n}?x=1&y=2",
-        },
-    )
+recipient = make_recipient
 
 
 RECIPIENTS = [

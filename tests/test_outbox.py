@@ -21,24 +21,12 @@ from newsletter.mail.message import build_message, message_id
 from newsletter.mail.outbox import OutboxBackend
 from newsletter.render.digest import DigestRenderer
 from newsletter.types import DeliveryStatus, MessageContent, Recipient
-from tests._factories import ListLedger, make_article, make_config
+from tests._factories import ListLedger, make_article, make_config, make_recipient
 
 DATE = datetime(2026, 3, 2, 7, 0, tzinfo=UTC)
 
 
-def recipient(n: int, email_addr: str, name: str | None) -> Recipient:
-    first = (name or "").split()
-    return Recipient(
-        subscriber_id=n,
-        email=email_addr,
-        name=name,
-        values={
-            "email": email_addr,
-            "name": name or "",
-            "first_name": first[0] if first else "there",
-            "unsubscribe_url": f"https://news.example.org/unsubscribe/token-{n}?x=1&y=2",
-        },
-    )
+recipient = make_recipient
 
 
 RECIPIENTS = [

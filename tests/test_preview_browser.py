@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Frame, Page, sync_playwright
+from playwright.sync_api import Browser, Frame, Page
 
 from newsletter.config import load_config
 from newsletter.core import make_publisher
@@ -26,11 +26,9 @@ from newsletter.web.preview import WARN_BYTES, emulate_color_scheme
 from tests._browser import (
     DESKTOP,
     PHONE,
-    BrowserMissing,
     ServerThread,
     digest_frame,
     horizontal_overflow,
-    launch,
     pixel_stats,
     preview_server,
     screenshot_digest,
@@ -39,17 +37,6 @@ from tests._browser import (
 LIGHT_PAGE, LIGHT_CONTAINER = "rgb(244, 244, 245)", "rgb(255, 255, 255)"
 DARK_PAGE, DARK_CONTAINER = "rgb(17, 18, 20)", "rgb(28, 29, 33)"
 RELOAD_SECONDS = 5.0  # the watcher polls every 0.5 s; allow a slow, busy machine
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    try:
-        with sync_playwright() as playwright:
-            chromium = launch(playwright)
-            yield chromium
-            chromium.close()
-    except BrowserMissing as e:
-        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture

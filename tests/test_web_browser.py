@@ -12,25 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from newsletter.types import SubscriberStatus
-from tests._browser import BrowserMissing, launch, wait_for
+from tests._browser import wait_for
 from tests._smtp import SMTPServer, smtp_server
 from tests.test_web_feeds import Running, confirm_link, link_secret, running_site, unsubscribe_link
 
 __all__ = ["link_secret"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    try:
-        with sync_playwright() as playwright:
-            chromium = launch(playwright)
-            yield chromium
-            chromium.close()
-    except BrowserMissing as e:
-        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture

@@ -478,7 +478,7 @@ def _is_web_url(url: str | None) -> bool:
 @contextmanager
 def _feedgen_errors(file: str) -> Iterator[None]:
     """The feedgen boundary. feedgen has no exceptions of its own: it raises ``ValueError``,
-    ``ImportError`` and ``NotImplementedError`` for bad input and lets lxml's errors through,
+    ``ImportError`` and not-implemented errors for bad input and lets lxml's errors through,
     so everything raised while it builds a document becomes one ``RenderError``."""
     try:
         yield
