@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from newsletter.config import parse_config  # noqa: E402
 from newsletter.mail.base import PreparedContent  # noqa: E402
 from newsletter.mail.message import build_message  # noqa: E402
-from newsletter.render.digest import DigestRenderer  # noqa: E402
+from newsletter.render.digest import DigestRenderer, RenderedDigest  # noqa: E402
 from newsletter.tokens import UnsubscribeTokens  # noqa: E402
 from newsletter.types import Article, MessageContent, Recipient  # noqa: E402
 
@@ -87,18 +87,22 @@ def main() -> None:
     )
 
     nl = config.newsletter
-    content = PreparedContent(
-        MessageContent(
-            digest_id=1,
-            digest_uid="benchmark",
-            subject=rendered.subject,
-            from_addr=nl.sender,
-            html=rendered.html,
-            text=rendered.text,
-            list_id=nl.list_id,
-            message_id_domain=nl.domain,
+
+    def prepared(digest: RenderedDigest) -> PreparedContent:
+        return PreparedContent(
+            MessageContent(
+                digest_id=1,
+                digest_uid="benchmark",
+                subject=digest.subject,
+                from_addr=nl.sender,
+                html=digest.html,
+                text=digest.text,
+                list_id=nl.list_id,
+                message_id_domain=nl.domain,
+            )
         )
-    )
+
+    content = prepared(rendered)
     tokens = UnsubscribeTokens("benchmark-secret", nl.list_id)
 
     def recipient(i: int) -> Recipient:
@@ -127,18 +131,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for i in range(args.naive):
         again = renderer.render(items, now=now)
-        one = PreparedContent(
-            MessageContent(
-                digest_id=1,
-                digest_uid="benchmark",
-                subject=again.subject,
-                from_addr=nl.sender,
-                html=again.html,
-                text=again.text,
-                list_id=nl.list_id,
-                message_id_domain=nl.domain,
-            )
-        )
+        one = prepared(again)
         build_message(one, recipient(i), date=now).as_bytes()
     naive = (time.perf_counter() - t0) / args.naive
     print(

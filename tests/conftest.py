@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import requests
 
 from newsletter import clock
+from tests._http import LoopbackServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -33,6 +35,20 @@ def example_project(tmp_path: Path) -> Path:
     text = text.replace('outbox_dir = "../outbox"', 'outbox_dir = "outbox"')
     config.write_text(text)
     return config
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    """A loopback HTTP server whose routes each test sets, recording every request."""
+    with LoopbackServer() as s:
+        yield s
+
+
+@pytest.fixture
+def session(server: LoopbackServer) -> Iterator[requests.Session]:
+    # Depends on ``server`` so the client's connections close before the server stops.
+    with requests.Session() as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -255,18 +255,6 @@ def storage(tmp_path: Path, fixed_clock: list[datetime]) -> Iterator[Storage]:
     s.close()
 
 
-@pytest.fixture
-def server() -> Iterator[LoopbackServer]:
-    with LoopbackServer() as s:
-        yield s
-
-
-@pytest.fixture
-def session(server: LoopbackServer) -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        yield s
-
-
 def source(
     session: requests.Session,
     name: str,

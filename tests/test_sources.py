@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -36,19 +35,6 @@ FORMATS = [
     ("feed.json", "application/feed+json", 2, "JSON item one"),
 ]
 FORMAT_IDS = [f[0] for f in FORMATS]
-
-
-@pytest.fixture
-def server() -> Iterator[LoopbackServer]:
-    with LoopbackServer() as s:
-        yield s
-
-
-@pytest.fixture
-def session(server: LoopbackServer) -> Iterator[requests.Session]:
-    # Depends on ``server`` so the client's connections close before the server stops.
-    with requests.Session() as s:
-        yield s
 
 
 def feed(
