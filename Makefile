@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= examples/newsletter.toml
 
-.PHONY: run test lint typecheck bench clean help
+.PHONY: run test lint typecheck bench clean help postgresql
 
 help:
 	@echo "make run   - set up .venv, import the example subscribers, run one gather/feeds/digest cycle"
@@ -35,7 +35,17 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
-test: $(VENV)/.installed-test /usr/bin/chromium
+# The PostgreSQL tests start a throwaway server (tests/_postgres.py) from Debian's postgresql
+# package, whose binaries live in /usr/lib/postgresql/<version>/bin. Its default cluster is
+# never used.
+POSTGRES_INITDB := $(wildcard /usr/lib/postgresql/*/bin/initdb)
+postgresql:
+ifeq ($(POSTGRES_INITDB),)
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql
+endif
+
+test: $(VENV)/.installed-test /usr/bin/chromium postgresql
 	$(BIN)/ruff check newsletter tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest

@@ -1,4 +1,5 @@
-"""Shared fixtures: a copy of the shipped example project in a temp dir, and a fixed clock."""
+"""Shared fixtures: a copy of the shipped example project in a temp dir, a fixed clock, and a
+real PostgreSQL server with a fresh database per test."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 import requests
+from sqlalchemy.engine import make_url
 
 from newsletter import clock
 from tests._http import LoopbackServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
+
+    from tests._postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -75,3 +79,36 @@ def fixed_clock() -> Iterator[list[datetime]]:
     clock.set_now(lambda: current[0])
     yield current
     clock.set_now(None)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole session (see tests/_postgres.py; set
+    ``$NEWSLETTER_TEST_POSTGRES`` to use an existing one). A server that cannot be had fails
+    the tests that need it with the reason (never a silent skip)."""
+    try:
+        from tests._postgres import PostgresServer, PostgresUnavailable
+    except ImportError as e:
+        reason = f"{e}: install the test extras (`pip install -e '.[test]'`)"
+    else:
+        try:
+            server = PostgresServer()
+            server.start()
+            reason = ""
+        except PostgresUnavailable as e:
+            reason = str(e)
+    if reason:  # failed outside the except blocks, so the report is the reason alone
+        pytest.fail(reason, pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The SQLAlchemy URL of a new, empty database for this test alone; dropped afterwards
+    (connections the test left open are ended)."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(make_url(url).database or "")
