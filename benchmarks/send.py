@@ -94,7 +94,7 @@ def run_one(backend: str, subscribers: int, concurrency: int) -> dict[str, float
     from benchmarks._ack_server import serve
     from newsletter.config import load_config
     from newsletter.core import make_publisher
-    from newsletter.types import FetchResult
+    from newsletter.gather import store_articles
 
     parent, child = multiprocessing.Pipe()
     server = multiprocessing.Process(target=serve, args=(backend, child), daemon=True)
@@ -112,7 +112,7 @@ def run_one(backend: str, subscribers: int, concurrency: int) -> dict[str, float
         publisher = make_publisher(load_config(cfg))
         now = datetime.now(UTC)
         publisher.storage.sync_source("bench", None)
-        publisher.storage.store_fetch("bench", FetchResult(), articles(), now)  # type: ignore[arg-type]
+        store_articles(publisher.storage, "bench", articles(), now)  # type: ignore[arg-type]
         publisher.storage.add_subscribers(
             ((f"reader{i:07d}@example.com", f"Reader {i}") for i in range(subscribers)), now
         )

@@ -7,13 +7,15 @@ on stderr and exit code 1; a run where some sources failed exits 3 (the rest was
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -47,6 +49,9 @@ from newsletter.types import (
     SubscriberStatus,
 )
 
+if TYPE_CHECKING:
+    from newsletter.scheduler import NodeScheduler
+
 EXIT_ERROR = 1
 EXIT_PARTIAL = 3  # the command ran, but some sources failed
 
@@ -66,8 +71,8 @@ class State:
         return self._config
 
     @contextmanager
-    def publisher(self) -> Iterator[Publisher]:
-        publisher = make_publisher(self.config)
+    def publisher(self, command: str = "cli") -> Iterator[Publisher]:
+        publisher = make_publisher(self.config, command=command)
         try:
             yield publisher
         finally:
@@ -114,7 +119,8 @@ def main() -> None:
         e.show()
         sys.exit(e.exit_code)
     except NewsletterError as e:
-        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        # The message is text, not markup: "[postgres]" in it must stay as it is.
+        err.print(Text.assemble(("error:", "bold red"), " ", str(e)), highlight=False)
         sys.exit(EXIT_ERROR)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
@@ -248,7 +254,11 @@ def _send(
 ) -> SendReport:
     with _send_progress() as (on_start, on_batch):
         report = publisher.send_digest(
-            force=force, resend_uncertain=resend_uncertain, progress=on_batch, on_start=on_start
+            force=force,
+            resend_uncertain=resend_uncertain,
+            wait_for_others=True,
+            progress=on_batch,
+            on_start=on_start,
         )
     if report.digest_id is None:
         console.print(f"digest: nothing sent ({report.reason})", highlight=False)
@@ -264,16 +274,34 @@ def _send(
         )
     verb = "created and delivered" if report.created else "delivered"
     console.print(
-        f"digest {report.digest_id} {verb} ({report.articles} articles): " + ", ".join(parts),
+        f"digest {report.number} {verb} ({report.articles} articles): " + ", ".join(parts),
         highlight=False,
     )
+    counts = report.counts
+    if counts is not None and counts.total != report.sent + report.failed + report.skipped:
+        console.print(
+            f"  digest {report.number} in all (every node): {_counts(counts)}", highlight=False
+        )
     if report.stopped:
         err.print(
             f"[bold red]sending stopped:[/] {report.stopped}; {report.pending} still pending, "
             "a later `newsletter send` resumes",
             highlight=False,
         )
+    elif report.interrupted:
+        err.print(
+            f"[yellow]interrupted:[/] {report.pending} still pending; the next `newsletter send` "
+            "(or a running node) goes on",
+            highlight=False,
+        )
     return report
+
+
+def _counts(c: DigestCounts) -> str:
+    return (
+        f"{c.sent} sent, {c.failed} failed, {c.skipped} skipped, {c.pending} pending, "
+        f"{c.leased} being sent by nodes, {c.uncertain} uncertain"
+    )
 
 
 @cli.command()
@@ -295,7 +323,7 @@ def send(
     state: State, force: bool, resend_uncertain: bool, dry_run: bool, test_address: str | None
 ) -> None:
     """Create the next digest if there is news, and deliver it (resumes an unfinished one)."""
-    with state.publisher() as publisher:
+    with state.publisher("send") as publisher:
         if test_address is not None:
             result = publisher.send_test(test_address)
             if result.status != DeliveryStatus.SENT:
@@ -311,10 +339,11 @@ def send(
         if dry_run:
             _dry_run(publisher, force=force, resend_uncertain=resend_uncertain)
             return
-        report = _send(publisher, force=force, resend_uncertain=resend_uncertain)
+        with _stop_on_signals(publisher):
+            report = _send(publisher, force=force, resend_uncertain=resend_uncertain)
     if report.stopped:
         sys.exit(EXIT_ERROR)
-    if report.failed:
+    if report.failed or report.interrupted:
         sys.exit(EXIT_PARTIAL)
 
 
@@ -337,6 +366,11 @@ def _dry_run(publisher: Publisher, *, force: bool, resend_uncertain: bool) -> No
             "  first: " + ", ".join(plan.sample) + (f" and {more} more" if more > 0 else ""),
             markup=False,
         )
+    if plan.leased:
+        console.print(
+            f"  {plan.leased} more are being sent right now by nodes holding their batches",
+            highlight=False,
+        )
     if plan.uncertain:
         console.print(
             f"  {plan.uncertain} uncertain deliveries would not be re-sent "
@@ -353,28 +387,107 @@ def _dry_run(publisher: Publisher, *, force: bool, resend_uncertain: bool) -> No
 @click.option("--once", is_flag=True, help="One gather, feeds and digest cycle, then exit.")
 @pass_state
 def run(state: State, once: bool) -> None:
-    """Run the schedule: gather and rebuild feeds on an interval, send on the digest cron."""
-    with state.publisher() as publisher:
+    """Run the schedule: gather and rebuild feeds on an interval, send on the digest cron.
+
+    Any number of `run` processes (nodes) may share one PostgreSQL database: each fire runs
+    once across them. SQLite takes one. SIGTERM or Ctrl-C stops cleanly (see the README).
+    """
+    with state.publisher("run") as publisher:
         if once:
-            results = _gather(publisher)
-            _feeds(publisher)
-            report = _send(publisher)
+            with _stop_on_signals(publisher):
+                results = _gather(publisher)
+                _feeds(publisher)
+                report = _send(publisher)
             if report.stopped:
                 sys.exit(EXIT_ERROR)
-            if any(not r.ok for r in results) or report.failed:
+            if any(not r.ok for r in results) or report.failed or report.interrupted:
                 sys.exit(EXIT_PARTIAL)
             return
-        from newsletter.scheduler import build_scheduler
+        from newsletter.scheduler import NodeScheduler
 
-        scheduler = build_scheduler(publisher)
-        sched = publisher.config.schedule
-        console.print(
-            f"running: gather every {sched.gather_interval_minutes} min, digest at "
-            f"'{sched.digest_cron}' ({sched.timezone}); Ctrl-C stops",
-            highlight=False,
+        with publisher.storage.scheduler_lock():
+            _run_scheduler(publisher, NodeScheduler(publisher))
+
+
+def _run_scheduler(publisher: Publisher, scheduler: NodeScheduler) -> None:
+    sched = publisher.config.schedule
+    publisher.backend  # noqa: B018 - a mail config that cannot work stops the start, not each job
+    publisher.node.start()
+    console.print(
+        f"running as node {publisher.node.id}: gather every {sched.gather_interval_minutes} min, "
+        f"digest at '{sched.digest_cron}' ({sched.timezone}); Ctrl-C or SIGTERM stops",
+        highlight=False,
+        markup=False,
+    )
+    with _stop_on_signals(publisher):
+        scheduler.start()
+        publisher.stopping.wait()
+        scheduler.shutdown()
+        # The job under way stops claiming; what is on the wire gets stop_timeout seconds.
+        finished = scheduler.idle.wait(sched.stop_timeout_seconds + 5)
+    if not finished:
+        held = publisher.storage.expire_leases(publisher.node.id)
+        logging.getLogger("newsletter").error(
+            "stopped with a job still running after %g s; %d batches it held are given up to "
+            "the other nodes",
+            sched.stop_timeout_seconds,
+            held,
         )
-        with suppress(KeyboardInterrupt, SystemExit):
-            scheduler.start()
+        _exit_now(0)
+    held = publisher.node.beat()
+    if held:
+        publisher.storage.expire_leases(publisher.node.id)
+        logging.getLogger("newsletter").warning(
+            "stopped; %d batches this node still held are given up to the other nodes", held
+        )
+    console.print("stopped", highlight=False)
+
+
+@contextmanager
+def _stop_on_signals(publisher: Publisher) -> Iterator[None]:
+    """SIGTERM and SIGINT ask the node to stop: nothing new is claimed, batches on the wire
+    get ``stop_timeout_seconds``, the rest is left for the next run or another node. A second
+    signal exits at once, after giving up this node's leases so others take over at once."""
+    timeout = publisher.config.schedule.stop_timeout_seconds
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        received.append(signum)
+        if len(received) == 1:
+            err.print(
+                f"{name}: stopping; no new batches, up to {timeout:g} s for those on the wire "
+                f"(send {name} again to exit at once)",
+                highlight=False,
+                markup=False,
+            )
+            publisher.stopping.set()
+            return
+        err.print(f"{name} again: exiting now", highlight=False, markup=False)
+        with suppress(NewsletterError):
+            held = publisher.storage.expire_leases(publisher.node.id)
+            if held:
+                err.print(
+                    f"{held} batches on the wire were given up to the other nodes",
+                    highlight=False,
+                    markup=False,
+                )
+        _exit_now(128 + signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _exit_now(code: int) -> None:
+    """Leave without waiting for worker threads stuck on the network."""
+    console.file.flush()
+    err.file.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 # --- preview -------------------------------------------------------------------------------------
@@ -455,11 +568,34 @@ def status(state: State) -> None:
         console.print("last digest: none yet")
     else:
         console.print(
-            f"last digest: #{d.id} {d.status} created {_when(d.created_at)}"
+            f"{'digest being sent' if d.status == 'sending' else 'last digest'}: "
+            f"#{d.number} {d.status} created {_when(d.created_at)}"
             f"{', sent ' + _when(d.sent_at) if d.sent_at else ''}: {len(d.article_ids)} articles; "
-            f"{c.sent} sent, {c.failed} failed, {c.skipped} skipped, {c.pending} pending, "
-            f"{c.inflight} uncertain — {d.subject!r}",
+            f"{_counts(c)}: {d.subject!r}",
             highlight=False,
+            markup=False,
+        )
+        for holder in report.leases:
+            console.print(
+                f"  node {holder.node} holds {holder.batches} batches ({holder.recipients} "
+                f"recipients), lease until {_when(holder.until, seconds=True)}",
+                highlight=False,
+                markup=False,
+            )
+    u = report.uncertain_digest
+    if u is not None and (d is None or u.id != d.id or (c is not None and c.uncertain)):
+        console.print(
+            f"digest #{u.number} has uncertain deliveries (sent, answer lost): "
+            "`newsletter send --resend-uncertain` sends them again",
+            highlight=False,
+            markup=False,
+        )
+    for node in report.nodes:
+        console.print(
+            f"node {node.id}: {node.command}, up since {_when(node.started_at)}, "
+            f"last heartbeat {_when(node.last_seen, seconds=True)}",
+            highlight=False,
+            markup=False,
         )
     if failing:
         sys.exit(EXIT_PARTIAL)
@@ -544,8 +680,10 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:,.0f} msg/s" if speed else "- msg/s")
 
 
-def _when(value: datetime | None) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M") if value else "never"
+def _when(value: datetime | None, *, seconds: bool = False) -> str:
+    if value is None:
+        return "never"
+    return value.astimezone().strftime("%Y-%m-%d %H:%M" + (":%S" if seconds else ""))
 
 
 @contextmanager

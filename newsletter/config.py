@@ -109,6 +109,13 @@ class ScheduleSettings:
     digest_cron: str = "0 7 * * *"
     timezone: str = "UTC"
     misfire_grace_seconds: int = 3600
+    # How long a node's claim on a batch or a scheduled run lasts without its heartbeat
+    # (renewed every third of it): how soon other nodes take a dead node's work back.
+    lease_seconds: float = 60.0
+    # After SIGTERM/SIGINT, how long batches already on the wire may take to answer before
+    # the process exits anyway. Deployment units must allow more (systemd TimeoutStopSec,
+    # docker stop -t).
+    stop_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -568,7 +575,14 @@ def _sources(root: _Table, loader: _Loader) -> tuple[SourceConfig, ...]:
 
 
 def _schedule(t: _Table, default_tz: str) -> ScheduleSettings:
-    t.allow("gather_interval_minutes", "digest_cron", "timezone", "misfire_grace_seconds")
+    t.allow(
+        "gather_interval_minutes",
+        "digest_cron",
+        "timezone",
+        "misfire_grace_seconds",
+        "lease_seconds",
+        "stop_timeout_seconds",
+    )
     tz = t.text("timezone", default_tz)
     _check_timezone(t, "timezone", tz)
     cron = t.text("digest_cron", ScheduleSettings.digest_cron)
@@ -581,6 +595,10 @@ def _schedule(t: _Table, default_tz: str) -> ScheduleSettings:
         digest_cron=cron,
         timezone=tz,
         misfire_grace_seconds=t.number("misfire_grace_seconds", 3600, minimum=1, integer=True),
+        lease_seconds=t.number("lease_seconds", ScheduleSettings.lease_seconds, minimum=1),
+        stop_timeout_seconds=t.number(
+            "stop_timeout_seconds", ScheduleSettings.stop_timeout_seconds, minimum=0
+        ),
     )
     return settings
 

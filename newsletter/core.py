@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import secrets
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,28 +21,31 @@ from zoneinfo import ZoneInfo
 
 import requests
 
-from newsletter import clock
+from newsletter import clock, rules
 from newsletter.addresses import validate_address
 from newsletter.config import Config
 from newsletter.exceptions import NewsletterError, RenderError, SubscriberError
 from newsletter.gather import gather
 from newsletter.mail import make_backend
-from newsletter.mail.base import Batch, MailBackend, PreparedContent
+from newsletter.mail.base import MailBackend, PreparedContent
+from newsletter.node import Node
 from newsletter.render import archive
 from newsletter.render.digest import DigestRenderer, RenderedDigest
 from newsletter.render.feeds import write_feeds
+from newsletter.sending import Reclaimed, StorageLedger, reclaim_expired
 from newsletter.sources import Source, make_source
-from newsletter.storage import Storage, new_digest_uid
+from newsletter.storage import Storage, new_digest_uid, open_storage
 from newsletter.tokens import ConfirmTokens, TokenError, UnsubscribeTokens
 from newsletter.types import (
     Article,
     DeliveryResult,
     Digest,
     DigestCounts,
-    DigestStatus,
     GatherResult,
     ImportReport,
+    LeaseHolder,
     MessageContent,
+    NodeInfo,
     Recipient,
     SendReport,
     SourceState,
@@ -64,6 +68,10 @@ class DigestPlan:
     articles: tuple[Article, ...]
     more: int  # new articles beyond ``digest.max_items``
     first: bool  # no digest was ever created
+    # The issue number this digest would get: the last one's, the one the plan was made
+    # against, plus one. Creating it under that number is what makes a racing node that
+    # planned against the same last digest lose, instead of sending the same news again.
+    number: int = 1
 
 
 @dataclass(frozen=True)
@@ -74,11 +82,12 @@ class SendPlan:
     subject: str | None
     articles: int
     recipients: int  # messages that would go out
-    uncertain: int  # in flight after a crash, not re-sent without --resend-uncertain
+    uncertain: int  # may have arrived already: not re-sent without --resend-uncertain
     destination: str  # where they would go: the backend and its endpoint
     batch_size: int
     batches: int
     sample: tuple[str, ...]  # the first few addresses
+    leased: int = 0  # being sent right now by nodes holding their batches
     reason: str | None = None  # why nothing would be sent
 
 
@@ -90,23 +99,35 @@ class StatusReport:
     last_digest_counts: DigestCounts | None
     subscribers: dict[SubscriberStatus, int]  # every status, zeros included
     articles: int
+    leases: tuple[LeaseHolder, ...] = ()  # nodes holding batches of ``last_digest`` now
+    nodes: tuple[NodeInfo, ...] = ()  # nodes whose heartbeat is recent
+    uncertain_digest: Digest | None = None  # the newest digest with uncertain deliveries
 
     @property
     def active_subscribers(self) -> int:
         return self.subscribers[SubscriberStatus.ACTIVE]
 
 
-def make_publisher(config: Config, *, storage: Storage | None = None) -> Publisher:
-    """Open the storage the config names (migrating it) and return a ``Publisher``."""
-    return Publisher(config, storage or Storage(config.storage.url))
+def make_publisher(
+    config: Config, *, storage: Storage | None = None, command: str = "cli"
+) -> Publisher:
+    """Open the storage the config names (migrating it) and return a ``Publisher``.
+
+    ``command`` names what this process is (``run``, ``send``, ...) in the nodes table."""
+    return Publisher(config, storage or open_storage(config.storage.url), command=command)
 
 
 class Publisher:
-    def __init__(self, config: Config, storage: Storage) -> None:
+    def __init__(self, config: Config, storage: Storage, *, command: str = "cli") -> None:
         self.config = config
         self.storage = storage
+        self.command = command
+        # Set by a signal (see ``cli``): claim nothing more, finish what is on the wire.
+        self.stopping = threading.Event()
 
     def close(self) -> None:
+        if "node" in self.__dict__:
+            self.node.close()
         self.storage.close()
 
     def __enter__(self) -> Publisher:
@@ -172,7 +193,12 @@ class Publisher:
         """Fetch every enabled source and store its articles. One result per source."""
         with requests.Session() as session:
             session.headers["User-Agent"] = self.config.http.user_agent
-            return gather(self.sources(session), self.storage, progress=progress)
+            return gather(
+                self.sources(session),
+                self.storage,
+                progress=progress,
+                stopping=self.stopping,
+            )
 
     def build_feeds(self) -> list[Path]:
         """Rewrite the feeds (main, per tag, archive pages) from the stored articles, tell the
@@ -219,19 +245,24 @@ class Publisher:
         """The articles the next digest would carry (see README, "What goes into a digest")."""
         now = clock.now()
         last = self.storage.last_digest()
-        lookback = now - timedelta(hours=self.config.digest.lookback_hours)
-        candidates = self.storage.digest_candidates(
-            gathered_after=last.created_at if last else None,
-            published_after=lookback,
-            limit=None,
+        candidates = self.storage.undigested_articles(
+            gathered_after=last.created_at if last else None
         )
-        if not candidates and force:
-            candidates = self.storage.recent_articles(self.config.digest.max_items)
         limit = self.config.digest.max_items
-        return DigestPlan(
-            articles=tuple(candidates[:limit]),
-            more=max(0, len(candidates) - limit),
+        choice = rules.choose_digest_articles(
+            candidates,
             first=last is None,
+            lookback_start=now - timedelta(hours=self.config.digest.lookback_hours),
+            max_items=limit,
+        )
+        articles, more = choice.articles, choice.more
+        if not articles and force:
+            articles, more = tuple(self.storage.recent_articles(limit)), 0
+        return DigestPlan(
+            articles=articles,
+            more=more,
+            first=last is None,
+            number=last.number + 1 if last else 1,
         )
 
     def render_next_digest(self, *, force: bool = False) -> RenderedDigest | None:
@@ -250,28 +281,59 @@ class Publisher:
             archive_url=archive.index_url(self.config.newsletter),
         )
 
+    @cached_property
+    def node(self) -> Node:
+        """This process as a node: its id in leases and runs, its heartbeat, its stop event."""
+        return Node(
+            self.storage,
+            command=self.command,
+            lease=timedelta(seconds=self.config.schedule.lease_seconds),
+            stopping=self.stopping,
+        )
+
     def send_digest(
         self,
         *,
         force: bool = False,
         resend_uncertain: bool = False,
+        fire: str | None = None,
+        create: bool = True,
+        wait_for_others: bool = False,
         progress: Callable[[Sequence[DeliveryResult]], None] | None = None,
         on_start: Callable[[Digest, DigestCounts], None] | None = None,
     ) -> SendReport:
-        """Create the next digest if there is news (or ``force``), then deliver what is pending.
+        """Create the next digest if there is news (or ``force``), then deliver what is pending,
+        as one node among any number working on the same database.
 
-        Safe to rerun at any point: an unfinished digest is resumed rather than created again,
-        and a recipient recorded as sent is never sent again. Deliveries left in flight by a
-        crash are re-sent only when the backend is idempotent or ``resend_uncertain`` is given.
+        Safe to rerun at any point and on any number of nodes at once: a digest is created
+        once per number and per scheduled ``fire`` (a node that loses the race joins the
+        winner's digest); an unfinished digest is resumed rather than created again; a batch
+        is sent by the node holding its lease, and a recipient recorded as sent is never sent
+        again. Batches of nodes that died are re-sent where the provider de-duplicates them,
+        else reported uncertain until ``resend_uncertain``. With ``create`` False only an
+        unfinished digest is worked on. With ``wait_for_others``, the call returns only when
+        no batch of the digest is leased by another node (it takes back those that expire).
+        The report counts what *this node* did.
         """
-        now = clock.now()
+        self.node.start()
+        backend = self.backend
+        reclaimed = self._reclaim()
+        digest: Digest | None = None
         created = False
-        digest = self.storage.unfinished_digest()
-        if digest is None and resend_uncertain:
-            digest = self.storage.last_digest()
-            if digest is not None and not self.storage.digest_counts(digest.id).inflight:
-                digest = None
+        if resend_uncertain:
+            digest = self.storage.uncertain_digest()
+            if digest is not None:
+                again = self.storage.resend_uncertain(digest.id)
+                log.warning(
+                    "digest %d: sending %d uncertain deliveries again", digest.number, again
+                )
+        if digest is None and fire is not None:
+            digest = self.storage.digest_for_fire(fire)
         if digest is None:
+            digest = self.storage.unfinished_digest()
+        if digest is None:
+            if not create:
+                return SendReport(digest_id=None, reason="no digest is being sent")
             plan = self.plan_digest(force=force)
             if not plan.articles:
                 lookback = self.config.digest.lookback_hours
@@ -281,72 +343,124 @@ class Publisher:
                     else f"no articles published in the last {lookback:g} h"
                 )
                 return SendReport(digest_id=None, reason=reason)
-            # The uid is made first so that the digest can link to its own archive page.
-            uid = new_digest_uid()
-            rendered = self.renderer.render(
-                plan.articles,
-                now=now,
-                more=plan.more,
-                archive_url=archive.page_url(self.config.newsletter, now, uid),
-            )
-            digest = self.storage.create_digest(
-                subject=rendered.subject,
-                preheader=rendered.preheader,
-                html=rendered.html,
-                text=rendered.text,
-                # Only what the digest shows: articles left out for size are in its "more".
-                article_ids=[a.id for a in rendered.articles],
-                now=now,
-                uid=uid,
-            )
-            created = True
-            log.info("digest %d created: %d articles", digest.id, len(rendered.articles))
-        self._archive_quietly(digest)
+            digest, created = self._create_digest(plan, fire)
+        if created:
+            self._archive_quietly(digest)
 
-        backend = self.backend
         counts = self.storage.digest_counts(digest.id)
-        if counts.inflight and (backend.idempotent or resend_uncertain):
-            since = None
-            if not resend_uncertain and backend.idempotency_window is not None:
-                # Past the provider's memory of the key a re-send would deliver twice.
-                since = now - backend.idempotency_window
-            requeued = self.storage.requeue_inflight(digest.id, now, since=since)
-            if requeued:
-                log.warning(
-                    "digest %d: re-sending %d deliveries left in flight", digest.id, requeued
-                )
-            counts = self.storage.digest_counts(digest.id)
         if on_start is not None:
             on_start(digest, counts)
-
-        before = counts
+        ledger = StorageLedger(self.storage, self.node, digest, self.recipient_values)
+        sent = failed = uncertain = 0
         stopped: str | None = None
-        if counts.pending:
+        content = self._content(digest)
+        waited = False
+        while True:
             outcome = backend.send(
-                self._content(digest), _StorageLedger(self, digest), progress=progress
+                content,
+                ledger,
+                progress=progress,
+                stopping=self.node.stopping,
+                stop_timeout=self.config.schedule.stop_timeout_seconds,
             )
-            stopped = str(outcome.stopped) if outcome.stopped is not None else None
+            sent, failed = sent + outcome.sent, failed + outcome.failed
+            uncertain += outcome.uncertain
+            if outcome.stopped is not None:
+                stopped = str(outcome.stopped)
+            if stopped or outcome.interrupted or not wait_for_others:
+                break
+            counts = self.storage.digest_counts(digest.id)
+            if not counts.leased:
+                break
+            holders = ", ".join(h.node for h in self.storage.lease_holders(digest.id))
+            # Said once at WARNING: a send that seems to hang should say what it waits for.
+            (log.info if waited else log.warning)(
+                "digest %d: waiting for %d deliveries leased by %s (they finish, or their "
+                "lease runs out and this node takes them back)",
+                digest.number,
+                counts.leased,
+                holders or "other nodes",
+            )
+            waited = True
+            if self.node.stopping.wait(min(5.0, max(0.5, self.node.lease.total_seconds() / 4))):
+                break
+            uncertain += self._reclaim().uncertain
+        self.storage.finish_digest(digest.id, clock.now())
         after = self.storage.digest_counts(digest.id)
-        if after.pending == 0 and digest.status != DigestStatus.SENT:
-            self.storage.finish_digest(digest.id, clock.now())
-        if after.inflight:
+        if after.uncertain:
             log.warning(
-                "digest %d: %d deliveries are uncertain (in flight when a send was interrupted); "
+                "digest %d: %d deliveries are uncertain (their answer was lost); "
                 "`newsletter send --resend-uncertain` sends them again",
-                digest.id,
-                after.inflight,
+                digest.number,
+                after.uncertain,
             )
         return SendReport(
             digest_id=digest.id,
             created=created,
-            sent=after.sent - before.sent,
-            failed=after.failed - before.failed,
-            skipped=after.skipped - before.skipped,
-            uncertain=after.inflight,
+            sent=sent,
+            failed=failed,
+            skipped=ledger.skipped,
+            uncertain=uncertain + reclaimed.uncertain,
             pending=after.pending,
             articles=len(digest.article_ids),
             stopped=stopped,
+            interrupted=self.node.stopping.is_set(),
+            number=digest.number,
+            counts=after,
         )
+
+    def _create_digest(self, plan: DigestPlan, fire: str | None) -> tuple[Digest, bool]:
+        """Render and store the next digest, numbered after the last one. Another node that
+        created that number (or that fire) first wins: its digest is returned, not created."""
+        now = clock.now()
+        # The uid is made first so that the digest can link to its own archive page.
+        uid = new_digest_uid()
+        rendered = self.renderer.render(
+            plan.articles,
+            now=now,
+            more=plan.more,
+            archive_url=archive.page_url(self.config.newsletter, now, uid),
+        )
+        content = self._content_of(0, uid, rendered.subject, rendered.html, rendered.text)
+        digest, created = self.storage.create_digest(
+            number=plan.number,
+            uid=uid,
+            subject=rendered.subject,
+            preheader=rendered.preheader,
+            html=rendered.html,
+            text=rendered.text,
+            # Only what the digest shows: articles left out for size are in its "more".
+            article_ids=[a.id for a in rendered.articles],
+            now=now,
+            batch_size=self.backend.batch_size_for(PreparedContent(content)),
+            fire=fire,
+        )
+        if created:
+            log.info("digest %d created: %d articles", digest.number, len(rendered.articles))
+        else:
+            log.info("digest %d was created by another node; joining it", digest.number)
+        return digest, created
+
+    def _reclaim(self) -> Reclaimed:
+        """Take back dead nodes' batches; a digest that was waiting only for them may be
+        finished now."""
+        reclaimed = reclaim_expired(self.storage, self.backend)
+        for digest_id in reclaimed.digests:
+            self.storage.finish_digest(digest_id, clock.now())
+        return reclaimed
+
+    def resume_sending(self) -> SendReport | None:
+        """Join the unfinished digest, if there is one with work left (the scheduler calls
+        this on every wake-up, so a send interrupted anywhere goes on at once). Also takes
+        back the batches of nodes that died. None when there was nothing to do."""
+        self._reclaim()
+        digest = self.storage.unfinished_digest()
+        if digest is None:
+            return None
+        if not self.storage.digest_counts(digest.id).pending:
+            self.storage.finish_digest(digest.id, clock.now())
+            return None
+        return self.send_digest(create=False)
 
     def _archive_quietly(self, digest: Digest) -> None:
         """Write the archive before delivering, so the "view in your browser" link works when
@@ -355,24 +469,23 @@ class Publisher:
         try:
             self.write_archive()
         except (OSError, RenderError) as e:
-            log.error("digest %d: the web archive was not written: %s", digest.id, e)
+            log.error("digest %d: the web archive was not written: %s", digest.number, e)
 
     def plan_send(self, *, force: bool = False, resend_uncertain: bool = False) -> SendPlan:
         """What ``send_digest`` would do now, touching nothing (``newsletter send --dry-run``)."""
         backend = self.backend
-        digest = self.storage.unfinished_digest()
-        if digest is None and resend_uncertain:
-            last = self.storage.last_digest()
-            if last is not None and self.storage.digest_counts(last.id).inflight:
-                digest = last
+        digest = self.storage.uncertain_digest() if resend_uncertain else None
+        digest = digest or self.storage.unfinished_digest()
+        leased = 0
         if digest is not None:
             counts = self.storage.digest_counts(digest.id)
-            resend = counts.inflight if (backend.idempotent or resend_uncertain) else 0
+            resend = counts.uncertain if resend_uncertain else 0
             recipients = counts.pending + resend
+            leased = counts.leased
             subject: str | None = digest.subject
             articles = len(digest.article_ids)
             sample = self.storage.pending_addresses(digest.id, limit=5)
-            uncertain = counts.inflight - resend
+            uncertain = counts.uncertain - resend
         else:
             plan = self.plan_digest(force=force)
             if not plan.articles:
@@ -386,7 +499,7 @@ class Publisher:
                     backend.batch_size,
                     0,
                     (),
-                    "no new articles since the last digest",
+                    reason="no new articles since the last digest",
                 )
             rendered = self.renderer.render(plan.articles, now=clock.now(), more=plan.more)
             subject = rendered.subject
@@ -418,7 +531,7 @@ class Publisher:
             batch_size,
             batches,
             sample,
-            None,
+            leased=leased,
         )
 
     def send_test(self, address: str) -> DeliveryResult:
@@ -576,48 +689,21 @@ class Publisher:
     # --- status ----------------------------------------------------------------------------------
 
     def status(self) -> StatusReport:
-        last = self.storage.last_digest()
+        """Sources, the digest being sent (else the last one) with its totals across nodes and
+        who holds its batches, the live nodes, subscribers."""
+        digest = self.storage.unfinished_digest() or self.storage.last_digest()
+        lease = timedelta(seconds=self.config.schedule.lease_seconds)
         return StatusReport(
             sources=tuple(self.storage.source_states()),
             configured_sources=tuple(c.name for c in self.config.sources if c.enabled),
-            last_digest=last,
-            last_digest_counts=self.storage.digest_counts(last.id) if last else None,
+            last_digest=digest,
+            last_digest_counts=self.storage.digest_counts(digest.id) if digest else None,
             subscribers={s: self.storage.count_subscribers(s) for s in SubscriberStatus},
             articles=self.storage.count_articles(),
+            leases=tuple(self.storage.lease_holders(digest.id)) if digest else (),
+            nodes=tuple(self.storage.nodes_seen_since(clock.now() - 2 * lease)),
+            uncertain_digest=self.storage.uncertain_digest(),
         )
-
-
-class _StorageLedger:
-    """Binds the mail send loop to Storage: claims mark a batch in flight before it is sent."""
-
-    def __init__(self, publisher: Publisher, digest: Digest) -> None:
-        self.publisher = publisher
-        self.digest_id = digest.id
-        self.key_prefix = f"nl-{digest.uid}"
-
-    def claim(self, size: int) -> Batch | None:
-        claimed = self.publisher.storage.claim_batch(
-            self.digest_id, size, clock.now(), key_prefix=self.key_prefix
-        )
-        if claimed is None:
-            return None
-        key, recipients = claimed
-        values = self.publisher.recipient_values
-        return Batch(
-            key=key,
-            recipients=tuple(
-                Recipient(
-                    r.subscriber_id, r.email, r.name, values(r.subscriber_id, r.email, r.name)
-                )
-                for r in recipients
-            ),
-        )
-
-    def record(self, results: Sequence[DeliveryResult]) -> None:
-        self.publisher.storage.record_results(self.digest_id, results, clock.now())
-
-    def release(self, batch: Batch) -> None:
-        self.publisher.storage.release_batch(self.digest_id, batch.key, clock.now())
 
 
 def _clean_name(name: str | None) -> str | None:

@@ -6,9 +6,9 @@ HTML, a summary), and storing each source's outcome from the calling thread, one
 source. Errors are values: a failing source becomes a ``GatherResult`` with ``error`` set and is
 recorded in storage; it never stops the others.
 
-Does not own: fetching or parsing (``newsletter.sources``), SQL and deciding whether a stored
-article changed (``newsletter.storage``), which sources are enabled (the caller passes only the
-ones to gather), scheduling or retries.
+Does not own: fetching or parsing (``newsletter.sources``), deciding whether a stored article
+changed (``newsletter.rules``), SQL (``newsletter.storage``), which sources are enabled (the
+caller passes only the ones to gather), scheduling or retries.
 
 Sanitizing is here, and only here, so every kind of source gets the same treatment: nh3 keeps a
 conservative set of tags, drops scripts, styles, frames, forms, event handlers and inline styles,
@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import html
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from urllib.parse import unquote_plus, urljoin, urlsplit, urlunsplit
 
 import nh3
 
-from newsletter import clock
+from newsletter import clock, rules
 from newsletter.exceptions import SourceError
 from newsletter.sources import Source
 from newsletter.storage import Storage
@@ -38,7 +39,7 @@ from newsletter.types import ArticleData, EntryData, FetchResult, GatherResult, 
 
 log = logging.getLogger(__name__)
 
-__all__ = ["canonical_url", "gather", "normalize", "sanitize_html"]
+__all__ = ["canonical_url", "gather", "normalize", "sanitize_html", "store_articles"]
 
 SUMMARY_CHARS = 300
 # A "summary" with more text than this is the whole article (RSS feeds often put everything in
@@ -281,13 +282,16 @@ def gather(
     *,
     progress: Callable[[GatherResult], None] | None = None,
     max_workers: int = 8,
+    stopping: threading.Event | None = None,
 ) -> list[GatherResult]:
     """Fetch every source and store what it found. Returns one result per source, in order.
 
     Fetching (and normalizing) runs in up to ``max_workers`` threads; storing runs in the
     calling thread, one transaction per source, as each fetch finishes, and ``progress`` is
     called with each result right after. A ``SourceError`` is recorded for its source and
-    returned as a value. ``StorageError`` is not a source's problem and propagates.
+    returned as a value. ``StorageError`` is not a source's problem and propagates. Once
+    ``stopping`` is set, fetches not started yet are dropped and the sources already fetched
+    are stored; the result has no entry for the dropped ones.
     """
     if not sources:
         return []
@@ -301,11 +305,16 @@ def gather(
         }
         try:
             for future in as_completed(futures):
+                if future.cancelled():
+                    continue
                 i = futures[future]
                 result = _store(storage, sources[i].name, states[i], future.result())
                 results[i] = result
                 if progress is not None:
                     progress(result)
+                if stopping is not None and stopping.is_set():
+                    for pending in futures:
+                        pending.cancel()
         except BaseException:
             # Storage failed (or we were interrupted): do not start fetches nobody will store.
             for future in futures:
@@ -345,6 +354,28 @@ def _normalize_all(name: str, result: FetchResult) -> tuple[ArticleData, ...]:
     return tuple(by_key.values())
 
 
+def store_articles(
+    storage: Storage,
+    name: str,
+    articles: Sequence[ArticleData],
+    now: datetime,
+    *,
+    result: FetchResult | None = None,
+    backfill: bool = False,
+    warning: str | None = None,
+) -> tuple[int, int, int]:
+    """Store a source's normalized articles and its fetch ``result``: what is new or changed
+    is decided by ``rules.article_writes``. Returns (new, updated, unchanged). A write
+    another node made first (the same article, gathered at the same moment) is skipped by
+    storage and counted as unchanged here: it is that node's news."""
+    stored = storage.stored_articles(name, [a.key for a in articles]) if articles else {}
+    writes, unchanged = rules.article_writes(articles, stored, now)
+    new, updated = storage.store_fetch(
+        name, result or FetchResult(), writes, now, backfill=backfill, warning=warning
+    )
+    return new, updated, unchanged + len(writes) - new - updated
+
+
 def _store(
     storage: Storage, name: str, state: SourceState, outcome: _Fetched | SourceError
 ) -> GatherResult:
@@ -356,8 +387,15 @@ def _store(
     result = outcome.result
     # Nothing was parsed on a 304 (or an unchanged file), so the last warning still stands.
     warning = state.warning if result.not_modified else result.warning
-    new, updated, unchanged = storage.store_fetch(
-        name, result, outcome.articles, now, warning=warning
+    new, updated, unchanged = store_articles(
+        storage,
+        name,
+        outcome.articles,
+        now,
+        result=result,
+        # Found on the source's first successful fetch: its back catalogue (see rules).
+        backfill=state.last_success is None,
+        warning=warning,
     )
     if result.warning:
         log.warning("source %r: %s", name, result.warning)

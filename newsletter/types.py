@@ -83,6 +83,31 @@ class ArticleData:
 
 
 @dataclass(frozen=True)
+class StoredArticleState:
+    """What gather needs of an article already stored to decide whether it changed."""
+
+    id: int
+    key: str
+    content_hash: str
+    published: datetime
+
+
+@dataclass(frozen=True)
+class ArticleWrite:
+    """One article of a fetch as the rules decided to store it (``rules.article_writes``).
+
+    ``previous_hash`` None: a new article, inserted unless another node stored it first.
+    Otherwise an update, applied only while the stored hash is still ``previous_hash``.
+    """
+
+    data: ArticleData
+    published: datetime
+    updated: datetime
+    content_hash: str
+    previous_hash: str | None = None
+
+
+@dataclass(frozen=True)
 class Article:
     """A stored article. ``uid`` is its public id, the same in RSS, Atom and JSON Feed, forever."""
 
@@ -100,6 +125,7 @@ class Article:
     content: str
     tags: tuple[str, ...] = ()
     image_url: str | None = None
+    backfill: bool = False  # found on its source's first fetch: back catalogue, not news
 
 
 @dataclass(frozen=True)
@@ -161,15 +187,37 @@ class ImportReport:
 
 class DigestStatus(enum.StrEnum):
     SENDING = "sending"  # created, recipients frozen; deliveries may still be pending
-    SENT = "sent"  # every delivery is sent, failed or skipped (uncertain ones are reported)
+    SENT = "sent"  # nothing pending or leased (uncertain ones are reported, not waited for)
 
 
 class DeliveryStatus(enum.StrEnum):
-    PENDING = "pending"
-    INFLIGHT = "inflight"  # handed to the backend; the outcome is not recorded yet
+    PENDING = "pending"  # not delivered yet; its batch may be leased by a node right now
     SENT = "sent"
     FAILED = "failed"
     SKIPPED = "skipped"  # unsubscribed between the digest's creation and its delivery
+    # Its batch went out and no answer was recorded (a node died, an answer was lost), on a
+    # provider that cannot de-duplicate a re-send: it may or may not have arrived. Re-sent only
+    # on request (``send --resend-uncertain``).
+    UNCERTAIN = "uncertain"
+
+
+class BatchStatus(enum.StrEnum):
+    """A batch of one digest's deliveries: the unit that nodes claim, lease and record."""
+
+    PENDING = "pending"  # nobody holds it; the next claim takes it
+    LEASED = "leased"  # a node holds it until ``lease_until``, extended by its heartbeat
+    DONE = "done"  # every recipient's outcome is recorded
+    UNCERTAIN = "uncertain"  # sent, unanswered, not safely re-sendable (see DeliveryStatus)
+
+
+class RunStatus(enum.StrEnum):
+    """One scheduled fire of a job (``runs`` rows)."""
+
+    RUNNING = "running"  # claimed by a node; leased like a batch
+    DONE = "done"
+    FAILED = "failed"  # the job raised; not retried (the next fire is)
+    MISSED = "missed"  # found later than ``misfire_grace_seconds``: not run
+    COALESCED = "coalesced"  # several fires were due at once; only the latest ran
 
 
 @dataclass(frozen=True)
@@ -186,21 +234,93 @@ class Digest:
     article_ids: tuple[int, ...]
     status: DigestStatus
     sent_at: datetime | None = None
+    number: int = 0  # the issue number: 1, 2, 3, ... (unique)
+    fire: str | None = None  # the scheduled fire that created it; None when sent by hand
 
 
 @dataclass(frozen=True)
 class DigestCounts:
-    """Deliveries of one digest by status, for reports."""
+    """Deliveries of one digest by state, for reports (cluster-wide totals)."""
 
-    pending: int = 0
-    inflight: int = 0
+    pending: int = 0  # waiting for a node
+    leased: int = 0  # in a batch a live node holds right now
     sent: int = 0
     failed: int = 0
     skipped: int = 0
+    uncertain: int = 0
 
     @property
     def total(self) -> int:
-        return self.pending + self.inflight + self.sent + self.failed + self.skipped
+        return self.pending + self.leased + self.sent + self.failed + self.skipped + self.uncertain
+
+    @property
+    def open(self) -> int:
+        """Deliveries that still need a node: the digest is not done while this is > 0."""
+        return self.pending + self.leased
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """A node holding leased batches of a digest (``status``)."""
+
+    node: str
+    batches: int
+    recipients: int
+    until: datetime | None
+
+
+@dataclass(frozen=True)
+class ClaimedRecipient:
+    """A delivery as a claim found it, with the subscriber's status *now* (skip or send)."""
+
+    subscriber_id: int
+    email: str
+    name: str | None
+    status: SubscriberStatus
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    """A batch leased to the claiming node: its key and its still-open deliveries."""
+
+    digest_id: int
+    key: str
+    recipients: tuple[ClaimedRecipient, ...]
+    attempts: int  # how many times it was claimed, this claim included
+
+
+@dataclass(frozen=True)
+class ExpiredLease:
+    """A batch whose holder stopped renewing its lease (the node died or lost the database)."""
+
+    digest_id: int
+    key: str
+    owner: str | None
+    first_sent_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    job: str
+    fire: str
+    scheduled_at: datetime
+    status: RunStatus
+    node: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A process working on the database, as its heartbeat last said."""
+
+    id: str
+    host: str
+    pid: int
+    command: str
+    started_at: datetime
+    last_seen: datetime
 
 
 @dataclass(frozen=True)
@@ -242,15 +362,31 @@ class DeliveryResult:
 
 @dataclass(frozen=True)
 class SendReport:
-    """What a ``send_digest`` call did."""
+    """What one ``send_digest`` call did *on this node*; ``counts`` are the digest's totals."""
 
     digest_id: int | None  # None: there was nothing to send
     created: bool = False  # a new digest was created by this call
     sent: int = 0
     failed: int = 0
     skipped: int = 0
-    uncertain: int = 0  # left in flight by a crash, on a backend that cannot safely retry
-    pending: int = 0  # still to send: the send stopped early (see ``stopped``)
+    uncertain: int = 0  # made uncertain by this call (its own lost answers, dead nodes' batches)
+    pending: int = 0  # still to send cluster-wide: the send stopped early (see ``stopped``)
     articles: int = 0
     reason: str | None = None  # why nothing was sent
     stopped: str | None = None  # why sending stopped before the end (provider down, bad key)
+    interrupted: bool = False  # a signal asked this node to stop; the rest is left to others
+    number: int = 0  # the digest's issue number
+    counts: DigestCounts | None = None  # the digest's totals afterwards, every node included
+
+
+@dataclass(frozen=True)
+class ClaimedConfirmation:
+    """A confirmation mail one ``serve`` process has claimed to send (``claim_confirmations``).
+
+    ``lease_until`` identifies the claim: finishing it succeeds only while the claim is still
+    this one (no other process took it over after the lease ran out).
+    """
+
+    subscriber: Subscriber
+    lease_until: datetime
+    attempts: int  # claims of this confirmation so far, this one included

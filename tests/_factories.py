@@ -56,7 +56,8 @@ def make_article(n: int, **changes: object) -> Article:
 class ListLedger:
     """A real Ledger over a list (not a mock): hands out batches, keeps every result.
 
-    ``claims`` records the size of each batch handed out; ``released`` the batches put back.
+    ``claims`` records the size of each batch handed out; ``released`` the batches put back;
+    ``uncertain_batches`` those whose answer was lost.
     """
 
     def __init__(self, recipients: Sequence[Recipient]) -> None:
@@ -64,6 +65,7 @@ class ListLedger:
         self.claims: list[int] = []
         self.results: list[DeliveryResult] = []
         self.released: list[Batch] = []
+        self.uncertain_batches: list[Batch] = []
         self._lock = threading.Lock()
 
     def claim(self, size: int) -> Batch | None:
@@ -74,14 +76,19 @@ class ListLedger:
             self.claims.append(len(taken))
             return Batch(key=f"batch-{taken[0].subscriber_id}", recipients=tuple(taken))
 
-    def record(self, results: Sequence[DeliveryResult]) -> None:
+    def record(self, batch: Batch, results: Sequence[DeliveryResult]) -> bool:
         with self._lock:
             self.results.extend(results)
+        return True
 
     def release(self, batch: Batch) -> None:
         with self._lock:
             self.released.append(batch)
             self.pending[:0] = batch.recipients
+
+    def uncertain(self, batch: Batch) -> None:
+        with self._lock:
+            self.uncertain_batches.append(batch)
 
 
 def make_recipient(n: int, address: str, name: str | None) -> Recipient:

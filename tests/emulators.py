@@ -164,6 +164,11 @@ class Emulator:
         with self._lock:
             self._faults.extend(_Fault("slow", seconds=seconds) for _ in range(times))
 
+    def clear_faults(self) -> None:
+        """Forget the faults not consumed yet: from now on every request is answered."""
+        with self._lock:
+            self._faults.clear()
+
     def reject(self, address: str, reason: str | None = None) -> None:
         self.rejected[address.lower()] = reason or self.rejection
 

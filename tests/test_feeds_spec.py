@@ -29,6 +29,7 @@ import pytest
 from newsletter.config import FeedSettings, NewsletterSettings, load_config
 from newsletter.core import Publisher, make_publisher
 from newsletter.exceptions import ConfigError
+from newsletter.gather import store_articles
 from newsletter.render.feeds import (
     FEED_FILES,
     WrittenFeeds,
@@ -36,7 +37,7 @@ from newsletter.render.feeds import (
     tag_slug,
     write_feeds,
 )
-from newsletter.types import Article, ArticleData, FetchResult
+from newsletter.types import Article, ArticleData
 from tests._factories import BASE_TIME, make_article, make_config
 from tests.feedcheck import check_atom, check_file, check_json_feed, check_rss
 
@@ -354,7 +355,7 @@ def entry(n: int, **changes: Any) -> ArticleData:
 
 def store(publisher: Publisher, entries: list[ArticleData], now: datetime) -> None:
     publisher.storage.sync_source("Field Notes", None)
-    publisher.storage.store_fetch("Field Notes", FetchResult(), entries, now)
+    store_articles(publisher.storage, "Field Notes", entries, now)
 
 
 def project(tmp_path: Path, *, max_items: int, hub: str | None = None) -> Publisher:

@@ -19,7 +19,7 @@ from newsletter.config import HttpSettings, SourceConfig
 from newsletter.exceptions import SourceError
 from newsletter.gather import canonical_url, gather, normalize, sanitize_html
 from newsletter.sources import Source, make_source
-from newsletter.storage import Storage
+from newsletter.storage import SqlStorage, Storage
 from newsletter.types import Article, EntryData, FetchResult, GatherResult, SourceState
 from tests._http import LoopbackServer, Reply, conditional, redirect
 
@@ -250,7 +250,7 @@ def test_normalize_drops_an_entry_with_nothing_in_it() -> None:
 
 @pytest.fixture
 def storage(tmp_path: Path, fixed_clock: list[datetime]) -> Iterator[Storage]:
-    s = Storage(f"sqlite:///{tmp_path / 'gather.db'}")
+    s = SqlStorage(f"sqlite:///{tmp_path / 'gather.db'}")
     yield s
     s.close()
 

@@ -3,28 +3,44 @@
 The confirmation mails are sent by the site's own thread in the order asked for; a test that
 needs to know a mail was *not* sent subscribes another address afterwards and waits for that
 one: once it is out, everything asked for before it has been dealt with.
+
+Several ``serve`` processes on one database are several apps (or mailers, or storages) with
+nothing shared but the database; where a test counts mail that a second copy would overwrite
+in the outbox, it counts at a real SMTP server instead. The storage-level tests run on SQLite
+and on a real PostgreSQL (``db_url``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from datetime import datetime, timedelta
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import select, text, update
 
 from newsletter.config import load_config, parse_config
 from newsletter.core import make_publisher
 from newsletter.exceptions import ConfigError
-from newsletter.storage import Storage, schema
+from newsletter.storage import SqlStorage, schema
 from newsletter.tokens import ConfirmTokens, UnsubscribeTokens
 from newsletter.types import Digest, DigestCounts, SubscriberStatus
 from newsletter.web.proxy import TrustedProxies
+from newsletter.web.public import create_public_app
 from newsletter.web.ratelimit import RateLimiter
-from newsletter.web.subscription import retry_after
+from newsletter.web.site import Site
+from newsletter.web.subscription import MAX_ATTEMPTS, ConfirmationMailer, retry_after
+from tests._browser import ServerThread, wait_for
+from tests._smtp import SMTPServer, smtp_server
 from tests.test_web_feeds import (
     SECRET,
     Running,
@@ -194,18 +210,280 @@ def test_forwarded_headers_count_only_from_trusted_proxies(example_project: Path
         assert subscribe(site, "p2@example.com", X_Forwarded_For="203.0.113.8").status_code == 429
 
 
-def test_rate_limiter_refills_and_forgets_full_buckets() -> None:
+T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+RESEND = timedelta(minutes=10)
+LEASE = timedelta(minutes=5)
+
+
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database for one test: a SQLite file, or a fresh database on the test PostgreSQL
+    server, as the test's ``db_url`` parameter says (see ``ENGINES``)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+ENGINES = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
+
+
+@contextmanager
+def two_processes(url: str) -> Iterator[tuple[SqlStorage, SqlStorage]]:
+    """Two storages on one database, as two ``serve`` processes hold them: nothing shared but
+    the database (each has its own engine and connections)."""
+    a, b = SqlStorage(url), SqlStorage(url)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def bucket_keys(storage: SqlStorage) -> list[str]:
+    with storage.engine.connect() as conn:
+        return sorted(conn.execute(select(schema.rate_buckets.c.key)).scalars())
+
+
+@ENGINES
+def test_rate_limiter_refills_and_forgets_full_buckets(db_url: str) -> None:
     now = [0.0]
-    limiter = RateLimiter(6, clock=lambda: now[0])  # a burst of 6, then one every 10 s
-    assert [limiter.acquire("a") for _ in range(6)] == [0.0] * 6
-    assert 9.9 < limiter.acquire("a") <= 10.0
-    assert retry_after(limiter.acquire("a")) == "10"
-    assert limiter.acquire("b") == 0.0  # another client has its own bucket
-    now[0] += 10
-    assert limiter.acquire("a") == 0.0
-    now[0] += 120  # "a" and "b" are full again: nothing to remember about them
-    limiter.acquire("c")
-    assert len(limiter) == 1
+    # A burst of 6, then one every 10 s.
+    limiter = RateLimiter(6, clock=lambda: T0 + timedelta(seconds=now[0]))
+    with two_processes(db_url) as (a, b):
+        # One bucket per client whichever process answers: three tokens through each.
+        assert [limiter.acquire(s, "a") for s in (a, b, a, b, a, b)] == [0.0] * 6
+        assert 9.9 < limiter.acquire(b, "a") <= 10.0
+        assert retry_after(limiter.acquire(a, "a")) == "10"
+        assert limiter.acquire(a, "b") == 0.0  # another client has its own bucket
+        now[0] += 10
+        assert limiter.acquire(b, "a") == 0.0
+        assert limiter.acquire(a, "a") > 0  # that was the one token back
+        now[0] += 120  # "a" and "b" are full again: nothing to remember about them
+        limiter.acquire(b, "c")
+        keys = bucket_keys(a)
+    assert len(keys) == 1 and re.fullmatch(r"[0-9a-f]{64}", keys[0])  # a hash, never the key
+
+
+@ENGINES
+def test_the_rate_limit_is_one_limit_across_processes(db_url: str) -> None:
+    limiter = RateLimiter(0.5, burst=10)  # one token back every two minutes: none in this test
+    with two_processes(db_url) as (a, b):
+
+        def hit(i: int) -> float:
+            return limiter.acquire((a, b)[i % 2], "203.0.113.7")
+
+        with ThreadPoolExecutor(8) as pool:
+            waits = list(pool.map(hit, range(40)))
+        assert waits.count(0.0) == 10  # the burst, once, for both processes together
+        assert all(100 < wait <= 120 for wait in waits if wait)
+        keys = bucket_keys(b)
+    assert len(keys) == 1 and "203.0.113.7" not in keys[0]
+
+
+@ENGINES
+def test_webhook_tokens_are_accepted_once_across_processes(db_url: str) -> None:
+    keep = T0 + timedelta(minutes=20)
+    with two_processes(db_url) as (a, b):
+
+        def remember(i: int) -> bool:
+            storage = (a, b)[i % 2]
+            return storage.remember_webhook_token("mailgun", "tok-1", expires_at=keep, now=T0)
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(remember, range(16))).count(True) == 1
+        assert not a.remember_webhook_token("mailgun", "tok-1", expires_at=keep, now=T0)
+        assert a.remember_webhook_token("other", "tok-1", expires_at=keep, now=T0)  # its own
+        b.forget_webhook_token("mailgun", "tok-1")  # the request failed on our side
+        assert a.remember_webhook_token("mailgun", "tok-1", expires_at=keep, now=T0)
+        # Expired tokens go with the next call: the table holds the last window's only.
+        later = keep + timedelta(seconds=1)
+        assert b.remember_webhook_token(
+            "mailgun", "tok-2", expires_at=later + timedelta(minutes=20), now=later
+        )
+        with a.engine.connect() as conn:
+            keys = list(conn.execute(select(schema.webhook_tokens.c.key)).scalars())
+    assert len(keys) == 1 and "tok" not in keys[0]
+
+
+@ENGINES
+def test_confirmation_claims_never_overlap(db_url: str) -> None:
+    with two_processes(db_url) as (a, b):
+        for i in range(30):
+            _, send = a.request_subscription(f"c{i}@example.com", None, T0, resend_after=RESEND)
+            assert send
+        claimed: list[int] = []
+        lock = threading.Lock()
+
+        def mailer(storage: SqlStorage) -> None:
+            while claims := storage.claim_confirmations(limit=2, lease=LEASE):
+                for claim in claims:
+                    assert claim.attempts == 1
+                    assert storage.finish_confirmation(claim, retry_in=None)
+                    with lock:
+                        claimed.append(claim.subscriber.id)
+
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(mailer, [a, b] * 3))
+        assert len(claimed) == 30 and len(set(claimed)) == 30
+        assert a.claim_confirmations(limit=10, lease=LEASE) == []
+
+
+def due_at(storage: SqlStorage, address: str) -> tuple[datetime | None, int]:
+    sub = schema.subscribers
+    with storage.engine.connect() as conn:
+        row = conn.execute(
+            select(sub.c.confirm_due_at, sub.c.confirm_attempts).where(sub.c.email == address)
+        ).one()
+    return row.confirm_due_at, row.confirm_attempts
+
+
+@ENGINES
+def test_a_claim_left_by_a_dead_process_is_taken_again(db_url: str) -> None:
+    with two_processes(db_url) as (a, b):
+        x, _ = a.request_subscription("x@example.com", None, T0, resend_after=RESEND)
+        # Process a claims it and dies before it can close the claim.
+        [dead] = a.claim_confirmations(limit=5, lease=timedelta(milliseconds=300))
+        assert b.claim_confirmations(limit=5, lease=LEASE) == []  # held, not waited for
+        time.sleep(0.4)
+        [again] = b.claim_confirmations(limit=5, lease=LEASE)
+        assert (again.subscriber.id, again.attempts) == (x.id, 2)
+        assert not a.finish_confirmation(dead, retry_in=None)  # no longer a's claim
+        assert b.finish_confirmation(again, retry_in=timedelta(hours=1))  # failed: later
+        assert a.claim_confirmations(limit=5, lease=LEASE) == []
+        assert due_at(a, "x@example.com")[1] == 2
+        # A new request (past the resend throttle) is due at once, its attempts counted anew.
+        _, send = a.request_subscription("x@example.com", None, T0 + RESEND, resend_after=RESEND)
+        assert send
+        [fresh] = b.claim_confirmations(limit=5, lease=LEASE)
+        assert fresh.attempts == 1 and b.finish_confirmation(fresh, retry_in=None)
+        assert due_at(a, "x@example.com") == (None, 1)
+        # Confirmed (or gone) before its mail went: nothing to send, and the mark is dropped.
+        y, _ = a.request_subscription("y@example.com", None, T0, resend_after=RESEND)
+        a.confirm_subscriber(y.id, T0)
+        assert b.claim_confirmations(limit=5, lease=LEASE) == []
+        assert due_at(a, "y@example.com")[0] is None
+
+
+@contextmanager
+def another_process(site: Running) -> Iterator[Running]:
+    """A second public app on the same config and database, as a second ``newsletter serve``
+    behind the same load balancer: its own Site, Publisher, engine, limiter and mailer."""
+    app = create_public_app(
+        site.config, trusted_proxies=load_config(site.config).web.trusted_proxies
+    )
+    with ServerThread(app) as server:
+        yield Running(url=server.url, config=site.config, server=server)
+
+
+def test_two_serve_processes_share_the_rate_limit(example_project: Path) -> None:
+    with running_site(example_project, rate=3) as site, another_process(site) as other:
+        answers = [
+            subscribe(s, f"r{i}@example.com").status_code
+            for i, s in enumerate((site, other, site, other))
+        ]
+        assert answers == [200, 200, 200, 429]
+        refused = subscribe(site, "r9@example.com")
+        assert refused.status_code == 429
+        assert 1 <= int(refused.headers["retry-after"]) <= 20
+        with site.publisher() as publisher:
+            assert isinstance(publisher.storage, SqlStorage)
+            keys = bucket_keys(publisher.storage)
+        assert len(keys) == 1 and "127.0.0.1" not in keys[0]
+
+
+@pytest.fixture
+def smtp() -> Iterator[SMTPServer]:
+    with smtp_server(defer={"busy@example.com"}) as server:
+        yield server
+
+
+def mail_through(config: Path, smtp: SMTPServer, *, storage_url: str | None = None) -> Path:
+    """Point the project's [mail] at the SMTP server (which counts every message, where the
+    outbox would overwrite a second copy) and, given a URL, its [storage] at that database."""
+    body = re.sub(r"\[mail\]\n(?:[^\[].*\n|\n)*", smtp.mail_config() + "\n", config.read_text())
+    if storage_url is not None:
+        body = re.sub(r'(?m)^path = "newsletter.db".*$', f'url = "{storage_url}"', body)
+    config.write_text(body)
+    return config
+
+
+def test_a_confirmation_left_due_by_a_crashed_process_is_sent_once(
+    example_project: Path, smtp: SMTPServer
+) -> None:
+    config = mail_through(example_project, smtp)
+    with make_publisher(load_config(config)) as publisher:
+        # A process answered this request (the mark is committed with it) and died before
+        # its thread sent the mail.
+        assert publisher.request_subscription("left@example.com", "Left Behind") is not None
+    with running_site(config) as site:
+        received = wait_for(lambda: smtp.received, timeout=10)[0]  # at start, unasked
+        assert received.rcpt_tos == ("left@example.com",)
+        settle_smtp(site, smtp, "marker@example.com")
+        assert Counter(smtp.recipients())["left@example.com"] == 1
+        with site.publisher() as publisher:
+            assert isinstance(publisher.storage, SqlStorage)
+            assert due_at(publisher.storage, "left@example.com") == (None, 1)
+        assert requests.get(confirm_link(received.message), timeout=10).status_code == 200
+        assert status_of(site, "left@example.com") == SubscriberStatus.ACTIVE
+
+
+def settle_smtp(site: Running, smtp: SMTPServer, marker: str) -> None:
+    """``settle`` for mail that goes to the SMTP server."""
+    assert subscribe(site, marker).status_code == 200
+    wait_for(lambda: marker in smtp.recipients(), timeout=10)
+
+
+@ENGINES
+def test_two_mailers_never_send_a_confirmation_twice(
+    example_project: Path, smtp: SMTPServer, db_url: str
+) -> None:
+    config = mail_through(example_project, smtp, storage_url=db_url)
+    addresses = [f"m{i}@example.com" for i in range(40)]
+    with make_publisher(load_config(config)) as publisher:
+        for address in addresses:
+            publisher.request_subscription(address)
+        # And one whose sender died mid-send, holding its claim for another second.
+        publisher.request_subscription("mid@example.com")
+        claims = publisher.storage.claim_confirmations(limit=1, lease=timedelta(seconds=1))
+        assert [c.subscriber.email for c in claims] == ["m0@example.com"]
+    sites = [Site(config), Site(config)]
+    mailers = [ConfirmationMailer(s, poll_seconds=0.1) for s in sites]
+    try:
+        for mailer in mailers:
+            mailer.start()
+        wait_for(lambda: len(smtp.recipients()) >= 41, timeout=30)
+        time.sleep(0.5)  # time enough for a second copy to arrive, were one sent
+    finally:
+        for mailer in mailers:
+            mailer.stop()
+        for s in sites:
+            s.close()
+    assert Counter(smtp.recipients()) == Counter([*addresses, "mid@example.com"])
+
+
+def test_a_failed_confirmation_is_tried_again_a_bounded_number_of_times(
+    example_project: Path, smtp: SMTPServer
+) -> None:
+    config = mail_through(example_project, smtp)
+    with running_site(config) as site:
+        assert subscribe(site, "busy@example.com").status_code == 200  # the server says 450
+        settle_smtp(site, smtp, "marker@example.com")
+        with site.publisher() as publisher:
+            storage = publisher.storage
+            assert isinstance(storage, SqlStorage)
+            due, attempts = wait_for(lambda: due_at(storage, "busy@example.com"), timeout=5)
+            assert attempts == 1 and due is not None and due > datetime.now(UTC)  # due again
+            # The last attempt, now: it fails too, and the confirmation is given up.
+            with storage.engine.begin() as conn:
+                conn.execute(
+                    update(schema.subscribers)
+                    .where(schema.subscribers.c.email == "busy@example.com")
+                    .values(confirm_due_at=datetime.now(UTC), confirm_attempts=MAX_ATTEMPTS - 1)
+                )
+            settle_smtp(site, smtp, "marker2@example.com")
+            assert due_at(storage, "busy@example.com") == (None, MAX_ATTEMPTS)
+        assert "busy@example.com" not in smtp.recipients()
 
 
 def proxied_scope(peer: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
@@ -471,14 +749,58 @@ def test_web_config_errors(table: str, key: str | None, message: str | None) -> 
     assert message is not None and message in str(caught.value)
 
 
+# What migration 6 adds, taken away again: a database as migration 5 left it.
+UNDO_MIGRATION_6 = (
+    "DROP TABLE rate_buckets",
+    "DROP TABLE webhook_tokens",
+    "DROP INDEX ix_subscribers_confirm_due",
+    "ALTER TABLE subscribers DROP COLUMN confirm_due_at",
+    "ALTER TABLE subscribers DROP COLUMN confirm_attempts",
+)
+
+
+@ENGINES
+def test_migration_6_adds_the_shared_web_state(db_url: str) -> None:
+    storage = SqlStorage(db_url)
+    # Pending from before: its mail was queued in memory then, and the database cannot know.
+    storage.request_subscription("old@example.com", None, T0, resend_after=RESEND)
+    with storage.engine.begin() as conn:
+        for statement in UNDO_MIGRATION_6:
+            conn.execute(text(statement))
+        conn.execute(
+            update(schema.meta).where(schema.meta.c.key == "schema_version").values(value="5")
+        )
+    storage.close()
+    with two_processes(db_url) as (a, b):
+        with a.engine.connect() as conn:
+            version = conn.execute(
+                select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")
+            ).scalar_one()
+        assert version == str(schema.VERSION)
+        assert due_at(a, "old@example.com") == (None, 0)
+        assert a.take_rate_token("k", per_minute=1, burst=1, now=T0) == 0.0
+        assert b.take_rate_token("k", per_minute=1, burst=1, now=T0) == pytest.approx(60, abs=0.01)
+        assert a.remember_webhook_token("mailgun", "t", expires_at=T0 + LEASE, now=T0)
+        new, _ = b.request_subscription("new@example.com", None, T0, resend_after=RESEND)
+        assert [c.subscriber.id for c in a.claim_confirmations(limit=5, lease=LEASE)] == [new.id]
+
+
 def test_migration_adds_the_subscription_columns(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    storage = Storage(url)
+    storage = SqlStorage(url)
     storage.close()
-    # Make it look like a database from before migration 4.
+    # Make it look like a database from before migration 4 (and so before migration 5).
     import sqlite3
 
     with sqlite3.connect(tmp_path / "old.db") as conn:
+        for statement in UNDO_MIGRATION_6:
+            conn.execute(statement)
+        for table in ("batches", "runs", "nodes"):
+            conn.execute(f"DROP TABLE {table}")
+        for index in ("ux_digests_number", "ux_digests_fire"):
+            conn.execute(f"DROP INDEX {index}")
+        for column in ("number", "fire"):
+            conn.execute(f"ALTER TABLE digests DROP COLUMN {column}")
         for column in ("confirm_sent_at", "confirmed_at", "status_reason"):
             conn.execute(f"ALTER TABLE subscribers DROP COLUMN {column}")
         conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
@@ -486,7 +808,7 @@ def test_migration_adds_the_subscription_columns(tmp_path: Path) -> None:
             "INSERT INTO subscribers (email, status, created_at) "
             "VALUES ('old@example.com', 'active', '2026-01-01 00:00:00')"
         )
-    storage = Storage(url)
+    storage = SqlStorage(url)
     try:
         now = datetime.now().astimezone()
         sub, send = storage.request_subscription(

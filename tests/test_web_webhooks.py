@@ -14,6 +14,7 @@ import hmac
 import json
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,12 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import select
 
 from newsletter import clock
 from newsletter.config import load_config
 from newsletter.exceptions import ConfigError
+from newsletter.storage import SqlStorage, schema
 from newsletter.types import SubscriberStatus
 from newsletter.web.webhooks import (
     check_webhook_secrets,
@@ -34,6 +37,7 @@ from newsletter.web.webhooks import (
     sendgrid_suppressions,
 )
 from tests.test_web_feeds import Running, link_secret, running_site
+from tests.test_web_subscribe import another_process
 
 __all__ = ["link_secret"]
 
@@ -314,6 +318,29 @@ def test_mailgun_bad_stale_or_replayed_signatures_are_refused(site: Running) -> 
     assert post_mailgun(site, replayed).status_code == 403
     assert post_mailgun(site, genuine).status_code == 403  # the same request again
     assert statuses(site) == UNCHANGED
+
+
+def test_a_mailgun_token_is_accepted_once_by_every_process(site: Running) -> None:
+    # Two `serve` processes behind one load balancer: a replay to the other one is refused.
+    with another_process(site) as other:
+        payloads = [mailgun_payload(mailgun_failed(address, "permanent")) for address in ADDRESSES]
+
+        def post(job: tuple[Running, dict[str, Any]]) -> int:
+            return post_mailgun(*job).status_code
+
+        # Each request sent to both at once, twice over: one answer in four is 200.
+        jobs = [(s, payload) for payload in payloads for s in (site, other, other, site)]
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(post, jobs))
+        for i in range(len(payloads)):
+            assert sorted(codes[4 * i : 4 * i + 4]) == [200, 403, 403, 403]
+        assert set(statuses(site).values()) == {SubscriberStatus.BOUNCED}
+        with site.publisher() as publisher:
+            assert isinstance(publisher.storage, SqlStorage)
+            with publisher.storage.engine.connect() as conn:
+                keys = list(conn.execute(select(schema.webhook_tokens.c.key)).scalars())
+        tokens = [p["signature"]["token"] for p in payloads]
+        assert len(keys) == len(tokens) and not set(keys) & set(tokens)  # hashes only
 
 
 # --- suppression is for good ---------------------------------------------------------------------

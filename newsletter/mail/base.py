@@ -9,7 +9,8 @@ flight on a thread pool, paces them to ``rate_limit`` messages per second, recor
 How the loop treats a batch whose ``send_batch`` raised ``MailError``:
 
 - ``uncertain``: the provider may have accepted it (a timeout after the request went out).
-  It stays *in flight*; only an idempotent backend re-sends it on the next run.
+  An idempotent backend gives it back (re-sent under the same key, de-duplicated by the
+  provider); any other marks it uncertain, re-sent only with ``send --resend-uncertain``.
 - ``retryable`` (429/5xx after retries, outage) or ``fatal`` (bad credentials, bad config):
   the batch goes back to pending, no further batch is started, and ``send`` reports the error
   in ``SendCounts.stopped``; a later run resumes.
@@ -17,6 +18,11 @@ How the loop treats a batch whose ``send_batch`` raised ``MailError``:
   recorded as failed with the provider's reason.
 
 A recipient the provider refuses inside an accepted batch is a FAILED result, never an error.
+
+Stopping (``stopping`` set by a signal): no batch is claimed after it; a batch waiting for
+the rate limit or for a retry is given back; batches on the wire get ``stop_timeout``
+seconds to answer, and those that do not are left leased (their node's leases run out when
+it exits, and another node takes them back).
 """
 
 from __future__ import annotations
@@ -54,24 +60,36 @@ class Batch:
 
 
 class Ledger(Protocol):
-    """Where the send loop gets work and reports outcomes (the core binds it to Storage)."""
+    """Where the send loop gets work and reports outcomes (the core binds it to Storage and
+    this node's leases)."""
 
     def claim(self, size: int) -> Batch | None:
-        """The next batch, already recorded as in flight; None when nothing is pending."""
+        """The next batch, leased to this node; None when no batch is left to claim.
 
-    def record(self, results: Sequence[DeliveryResult]) -> None:
-        """Store the outcome of each recipient of a batch."""
+        ``size`` is the most recipients the backend takes per call of this content. A ledger
+        whose batches were cut already (a stored digest's, at its creation, to this same size)
+        hands them out whole; the loop refuses one that is larger."""
+
+    def record(self, batch: Batch, results: Sequence[DeliveryResult]) -> bool:
+        """Store the outcome of each recipient of a batch and close it. False when this node
+        lost the batch's lease meanwhile: nothing was stored."""
 
     def release(self, batch: Batch) -> None:
-        """Put a batch that was certainly not accepted back to pending, keeping its key."""
+        """Give back a batch that was certainly not accepted, keeping its key."""
+
+    def uncertain(self, batch: Batch) -> None:
+        """The batch went out and its answer was lost: it may have been accepted."""
 
 
 @dataclass(frozen=True)
 class SendCounts:
     sent: int = 0
     failed: int = 0
-    uncertain: int = 0  # left in flight: the outcome is unknown
+    uncertain: int = 0  # the answer was lost: may or may not have been accepted
+    lost: int = 0  # answered, but the lease had passed to another node: not recorded here
     stopped: MailError | None = None  # why the send stopped early (pending ones remain)
+    interrupted: bool = False  # ``stopping`` was set: this node stopped claiming
+    abandoned: int = 0  # batches still on the wire when ``stop_timeout`` ran out
 
 
 class PreparedContent:
@@ -102,15 +120,20 @@ class RateLimiter:
         self.tokens = rate
         self.last = clock()
 
-    def acquire(self, n: int) -> None:
+    def acquire(self, n: int, stop: threading.Event | None = None) -> bool:
+        """Wait until ``n`` messages may go. False when ``stop`` was set meanwhile."""
         while True:
             now = self.clock()
             self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
             self.last = now
             if self.tokens >= min(n, self.rate):
                 self.tokens -= n  # may go negative for a batch larger than one second's worth
-                return
-            time.sleep((min(n, self.rate) - self.tokens) / self.rate)
+                return True
+            delay = (min(n, self.rate) - self.tokens) / self.rate
+            if stop is None:
+                time.sleep(delay)
+            elif stop.wait(delay):
+                return False
 
 
 class MailBackend(abc.ABC):
@@ -135,6 +158,8 @@ class MailBackend(abc.ABC):
         self.batch_size = size
         self.concurrency = max(1, concurrency)
         self.rate_limit = rate_limit
+        # Set by ``send``: a stop request also cuts retry waits short (``mail.http``).
+        self.stopping = threading.Event()
 
     @classmethod
     @abc.abstractmethod
@@ -208,30 +233,39 @@ class MailBackend(abc.ABC):
         ledger: Ledger,
         *,
         progress: Callable[[Sequence[DeliveryResult]], None] | None = None,
+        stopping: threading.Event | None = None,
+        stop_timeout: float = 30.0,
     ) -> SendCounts:
         """Send every batch the ledger hands out. Only counts are kept in memory: results go
         to the ledger batch by batch, so memory stays flat whatever the size of the list."""
+        stop = stopping if stopping is not None else threading.Event()
+        self.stopping = stop
         prepared = PreparedContent(content)
-        size = self.batch_size_for(prepared)
+        limit = self.batch_size_for(prepared)
         limiter = RateLimiter(self.rate_limit) if self.rate_limit else None
-        sent = failed = uncertain = 0
+        sent = failed = uncertain = lost = abandoned = 0
         stopped: MailError | None = None
         opened = self.open()
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"mail-{self.name}")
         running: dict[Future[list[DeliveryResult]], Batch] = {}
 
         def settle(future: Future[list[DeliveryResult]], batch: Batch) -> None:
-            nonlocal sent, failed, uncertain, stopped
+            nonlocal sent, failed, uncertain, lost, stopped
             try:
                 results = future.result()
             except MailError as e:
                 if e.uncertain:
-                    log.error("%d recipients uncertain: %s", len(batch), e)
-                    uncertain += len(batch)
+                    if self.idempotent:
+                        log.warning("batch %s: %s; it will be sent again", batch.key, e)
+                        ledger.release(batch)
+                    else:
+                        log.error("%d recipients uncertain: %s", len(batch), e)
+                        ledger.uncertain(batch)
+                        uncertain += len(batch)
                     return
                 if e.retryable or e.fatal:
                     ledger.release(batch)
-                    if stopped is None:
+                    if stopped is None and not stop.is_set():
                         log.error("sending stopped: %s", e)
                         stopped = e
                     return
@@ -245,7 +279,15 @@ class MailBackend(abc.ABC):
                     f"returned {len(results)} results for {len(batch)} recipients",
                     backend=self.name,
                 )
-            ledger.record(results)
+            if not ledger.record(batch, results):
+                log.warning(
+                    "batch %s: answered after this node's lease on it ran out; another node "
+                    "holds it now, so its %d results were not recorded here",
+                    batch.key,
+                    len(results),
+                )
+                lost += len(results)
+                return
             for result in results:
                 if result.status == DeliveryStatus.SENT:
                     sent += 1
@@ -254,32 +296,76 @@ class MailBackend(abc.ABC):
             if progress is not None:
                 progress(results)
 
+        deadline: float | None = None
         try:
             while True:
-                while stopped is None and len(running) < self.concurrency:
-                    batch = ledger.claim(size)
+                while stopped is None and not stop.is_set() and len(running) < self.concurrency:
+                    batch = ledger.claim(limit)
                     if batch is None:
                         break
-                    if limiter is not None:
-                        limiter.acquire(len(batch))
+                    if len(batch) > limit:
+                        ledger.release(batch)
+                        stopped = MailError(
+                            f"batch {batch.key} holds {len(batch)} recipients, more than the "
+                            f"{limit} this backend takes per call (the digest was cut into "
+                            "batches for another backend); switch back to finish it",
+                            backend=self.name,
+                            fatal=True,
+                        )
+                        log.error("sending stopped: %s", stopped)
+                        break
+                    if limiter is not None and not limiter.acquire(len(batch), stop):
+                        ledger.release(batch)
+                        break
                     running[pool.submit(self.send_batch, prepared, batch)] = batch
                 if not running:
                     break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                if stop.is_set():
+                    if deadline is None:
+                        deadline = time.monotonic() + stop_timeout
+                        log.warning(
+                            "stopping: waiting up to %g s for %d batches on the wire",
+                            stop_timeout,
+                            len(running),
+                        )
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        abandoned = len(running)
+                        log.error(
+                            "stopping: %d batches still unanswered after %g s are left leased "
+                            "(%s); once this node's leases run out another node takes them "
+                            "back",
+                            abandoned,
+                            stop_timeout,
+                            ", ".join(b.key for b in running.values()),
+                        )
+                        running.clear()
+                        break
+                    done, _ = wait(running, timeout=remaining, return_when=FIRST_COMPLETED)
+                else:
+                    done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
                     settle(future, running.pop(future))
         finally:
-            # Interrupted (Ctrl-C, a bug): record what the batches already out still return,
-            # so as few recipients as possible are left uncertain.
+            # Interrupted by an exception (a bug, a storage error): record what the batches
+            # already out still return, so as few recipients as possible stay leased.
             for future, batch in running.items():
                 try:
                     settle(future, batch)
-                except Exception:  # already unwinding: the batch stays in flight
-                    log.exception("batch %s left in flight", batch.key)
-            pool.shutdown(wait=True)
+                except Exception:  # already unwinding: the batch stays leased
+                    log.exception("batch %s left leased", batch.key)
+            pool.shutdown(wait=not abandoned, cancel_futures=True)
             if opened:
                 self.close()
-        return SendCounts(sent=sent, failed=failed, uncertain=uncertain, stopped=stopped)
+        return SendCounts(
+            sent=sent,
+            failed=failed,
+            uncertain=uncertain,
+            lost=lost,
+            stopped=stopped,
+            interrupted=stop.is_set(),
+            abandoned=abandoned,
+        )
 
     def send_one(self, content: MessageContent, recipient: Recipient) -> DeliveryResult:
         """Send a single message outside any ledger (``newsletter send --test``)."""

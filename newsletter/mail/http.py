@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from email.headerregistry import Address
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -49,6 +50,27 @@ USER_AGENT = f"newsletter/{__version__} (+https://github.com/newsletter-publishe
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
+class RetryStopped(Exception):
+    """A stop request (SIGTERM, Ctrl-C) ended a wait between two attempts."""
+
+
+def _stoppable_retry(stop: threading.Event) -> type[Retry]:
+    """urllib3's ``Retry`` whose waits (backoff, ``Retry-After``) end at once when ``stop`` is
+    set: a node asked to stop gives the batch back instead of sleeping on it."""
+
+    class StoppableRetry(Retry):
+        def sleep(self, response: Any = None) -> None:
+            seconds = None
+            if self.respect_retry_after_header and response is not None:
+                seconds = self.get_retry_after(response)
+            if not seconds:
+                seconds = self.get_backoff_time()
+            if stop.wait(max(0.0, seconds)):
+                raise RetryStopped
+
+    return StoppableRetry
+
+
 class HttpClient:
     """A session bound to one provider's base URL, with its auth headers and retry policy."""
 
@@ -64,12 +86,14 @@ class HttpClient:
         auth: tuple[str, str] | None = None,
         pool_size: int = 10,
         backoff_factor: float = 0.5,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.backend = backend
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.idempotent = idempotent
-        retry = Retry(
+        retry_class = _stoppable_retry(stopping) if stopping is not None else Retry
+        retry = retry_class(
             total=max_retries,
             connect=max_retries,
             read=max_retries if idempotent else 0,
@@ -122,6 +146,9 @@ class HttpClient:
                 headers=dict(headers or {}),
                 timeout=self.timeout,
             )
+        except RetryStopped as e:
+            # The last attempt was answered (429, 5xx) or never reached the provider.
+            raise self._error(f"{url}: stopping, not retried", retryable=True) from e
         except requests.ConnectTimeout as e:
             raise self._error(f"cannot connect to {url}: timed out", retryable=True) from e
         except requests.ConnectionError as e:
@@ -275,6 +302,7 @@ class HttpBackend(MailBackend):
             idempotent=self.idempotent,
             pool_size=self.concurrency,
             backoff_factor=self.backoff_factor,
+            stopping=self.stopping,
             **self.client_options(),
         )
         return True

@@ -51,7 +51,6 @@ import logging
 import smtplib
 import ssl
 import threading
-import time
 from collections.abc import Sequence
 from email.utils import parseaddr
 from pathlib import Path
@@ -228,7 +227,8 @@ class SMTPBackend(MailBackend):
                     raise
                 delay = min(self.retry_backoff * 2**attempt, MAX_BACKOFF)
                 log.warning("%s; trying again in %.1f s", e, delay)
-                time.sleep(delay)
+                if self.stopping.wait(delay):  # asked to stop: give the batch back
+                    raise
                 attempt += 1
 
     def _open(self) -> smtplib.SMTP:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Dialect,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
     select,
     text,
 )
@@ -115,8 +117,21 @@ subscribers = Table(
     Column("confirmed_at", UTCDateTime),
     # Why a provider suppressed the address (bounced or complained), as it reported it.
     Column("status_reason", Text),
+    # The confirmation mail waiting to go (migration 6): when any ``serve`` process may claim
+    # it next (a claim moves it on by a lease, so a process that dies mid-send leaves it to
+    # the others), on the storage's lease clock; NULL when none is waiting. And how many
+    # claims this confirmation has had, which bounds its retries.
+    Column("confirm_due_at", UTCDateTime),
+    Column("confirm_attempts", Integer, nullable=False, server_default="0"),
 )
 Index("ix_subscribers_status", subscribers.c.status, subscribers.c.id)
+# Partial: only the few rows with a confirmation waiting are indexed.
+ix_subscribers_confirm_due = Index(
+    "ix_subscribers_confirm_due",
+    subscribers.c.confirm_due_at,
+    postgresql_where=subscribers.c.confirm_due_at.is_not(None),
+    sqlite_where=subscribers.c.confirm_due_at.is_not(None),
+)
 
 digests = Table(
     "digests",
@@ -130,7 +145,15 @@ digests = Table(
     Column("text", Text, nullable=False),
     Column("status", String(20), nullable=False),
     Column("sent_at", UTCDateTime),
+    # The issue number: the last digest's plus one, unique, so two nodes that both decide to
+    # create the next digest cannot both succeed (migration 5).
+    Column("number", Integer, nullable=False, server_default="0"),
+    # The scheduled fire that created it ("digest@<fire key>"), unique: a fire creates at most
+    # one digest cluster-wide, whoever runs it and however often (migration 5).
+    Column("fire", String(100)),
 )
+Index("ux_digests_number", digests.c.number, unique=True)
+Index("ux_digests_fire", digests.c.fire, unique=True)
 
 digest_articles = Table(
     "digest_articles",
@@ -170,6 +193,84 @@ Index(
 )
 
 
+# A digest's recipients are cut into batches when the digest is created; a batch is the unit
+# that nodes claim, lease and record (migration 5). Its key is the idempotency key a provider
+# sees, the same every time the batch is (re-)sent.
+batches = Table(
+    "batches",
+    metadata,
+    Column("digest_id", Integer, ForeignKey("digests.id"), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("seq", Integer, nullable=False),  # claim order: the batch's lowest subscriber id
+    Column("size", Integer, nullable=False),
+    Column("status", String(20), nullable=False),  # BatchStatus
+    Column("owner", String(120)),  # the node holding (or last holding) the lease
+    Column("lease_until", UTCDateTime),
+    Column("first_sent_at", UTCDateTime),  # first claim: a provider's idempotency window
+    Column("attempts", Integer, nullable=False, server_default="0"),
+)
+Index("ix_batches_claim", batches.c.digest_id, batches.c.status, batches.c.seq)
+Index("ix_batches_owner", batches.c.owner, batches.c.status)
+Index("ix_batches_lease", batches.c.status, batches.c.lease_until)
+
+# One row per scheduled fire of a job, keyed by the job and its fire key (the local wall time
+# for a cron job with a fixed hour, else the UTC instant). The database de-duplicates fires
+# across nodes: only the node whose INSERT succeeds does the work (migration 5).
+runs = Table(
+    "runs",
+    metadata,
+    Column("job", String(40), primary_key=True),
+    Column("fire", String(60), primary_key=True),
+    Column("scheduled_at", UTCDateTime, nullable=False),
+    Column("status", String(20), nullable=False),  # RunStatus
+    Column("node", String(120)),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("lease_until", UTCDateTime),  # while running: extended by the node's heartbeat
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("detail", Text),
+)
+Index("ix_runs_job_time", runs.c.job, runs.c.scheduled_at)
+
+# Processes working on this database (``run``, ``send``), with their heartbeat (migration 5).
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(120), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("command", String(40), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+)
+
+# State that the ``serve`` processes share (migration 6), so that several behind a load
+# balancer behave as one.
+#
+# The subscribe rate limit: one token bucket per client, kept as the time it is full again
+# (GCRA's "theoretical arrival time", in epoch seconds on the storage's lease clock). A row
+# whose ``full_at`` has passed is a full bucket, the same as no row, and is purged. The key is
+# a SHA-256 of the client key, never the address itself. ``allowed`` is what the last request
+# was answered: an upsert's RETURNING shows only the row after the update.
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("full_at", Double, nullable=False),
+    Column("allowed", Boolean, nullable=False),
+)
+Index("ix_rate_buckets_full_at", rate_buckets.c.full_at)
+
+# Webhook tokens already accepted (Mailgun's replay check), as a SHA-256, until they expire.
+webhook_tokens = Table(
+    "webhook_tokens",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+Index("ix_webhook_tokens_expires_at", webhook_tokens.c.expires_at)
+
+
 # --- migrations ----------------------------------------------------------------------------------
 
 Migration = Callable[[Connection], None]
@@ -198,13 +299,116 @@ def _m4_subscriber_lifecycle(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE subscribers ADD COLUMN {column} {kind}"))
 
 
+def _m5_nodes_and_leases(conn: Connection) -> None:
+    """Digest numbers and fires, batches with leases, runs and nodes.
+
+    Deliveries that a crash left in flight in an unfinished digest become batches leased by a
+    node that is gone (the lease already expired), so the first node to look decides, as for
+    any dead node, whether they are re-sent or reported uncertain; in a digest already marked
+    sent they are uncertain. Pending deliveries not yet in a batch are cut into batches of 100
+    (every provider accepts that many per call).
+    """
+    conn.execute(text("ALTER TABLE digests ADD COLUMN number INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text("ALTER TABLE digests ADD COLUMN fire VARCHAR(100)"))
+    conn.execute(text("UPDATE digests SET number = id"))
+    for table in (batches, runs, nodes):
+        table.create(conn)
+    for index in digests.indexes:
+        index.create(conn)
+    d = deliveries.c
+    gone = datetime(1970, 1, 1, tzinfo=UTC)
+    for digest_id, uid, status in conn.execute(
+        select(digests.c.id, digests.c.uid, digests.c.status)
+    ).all():
+        rows = conn.execute(
+            select(d.subscriber_id, d.batch, d.status, d.updated_at)
+            .where(d.digest_id == digest_id, d.status.in_(("pending", "inflight")))
+            .order_by(d.subscriber_id)
+        ).all()
+        if not rows:
+            continue
+        loose = [r.subscriber_id for r in rows if r.batch is None]
+        for start in range(0, len(loose), 100):
+            chunk = loose[start : start + 100]
+            conn.execute(
+                deliveries.update()
+                .where(d.digest_id == digest_id, d.subscriber_id.in_(chunk))
+                .values(batch=f"nl-{uid}-{chunk[0]}")
+            )
+        inflight = {r.batch for r in rows if r.status == "inflight"}
+        sent_digest = status == "sent"
+        keyed = conn.execute(
+            select(d.batch, func.min(d.subscriber_id), func.count(), func.max(d.updated_at))
+            .where(d.digest_id == digest_id, d.status.in_(("pending", "inflight")))
+            .group_by(d.batch)
+        ).all()
+        for key, seq, size, when in keyed:
+            was_inflight = key in inflight
+            if was_inflight and sent_digest:
+                state, owner, until = "uncertain", "before-upgrade", None
+            elif was_inflight:
+                state, owner, until = "leased", "before-upgrade", gone
+            else:
+                state, owner, until = "pending", None, None
+            conn.execute(
+                batches.insert().values(
+                    digest_id=digest_id,
+                    key=key,
+                    seq=seq,
+                    size=size,
+                    status=state,
+                    owner=owner,
+                    lease_until=until,
+                    first_sent_at=when if was_inflight else None,
+                    attempts=1 if was_inflight else 0,
+                )
+            )
+            if was_inflight:
+                conn.execute(
+                    deliveries.update()
+                    .where(d.digest_id == digest_id, d.batch == key, d.status == "inflight")
+                    .values(status="uncertain" if sent_digest else "pending")
+                )
+
+
+def _m6_shared_web_state(conn: Connection) -> None:
+    """The state ``serve`` kept in memory moves here: rate buckets, accepted webhook tokens,
+    and the confirmation mails waiting to go (two subscriber columns). A confirmation that a
+    process had queued in memory before the upgrade is not known here: the person asks again."""
+    when = UTCDateTime().compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE subscribers ADD COLUMN confirm_due_at {when}"))
+    conn.execute(
+        text("ALTER TABLE subscribers ADD COLUMN confirm_attempts INTEGER NOT NULL DEFAULT 0")
+    )
+    ix_subscribers_confirm_due.create(conn)
+    for table in (rate_buckets, webhook_tokens):
+        table.create(conn)
+
+
 # MIGRATIONS[n] brings a database from version n + 1 to n + 2; version 1 is create_all above.
-MIGRATIONS: list[Migration] = [_m2_delivery_batches, _m3_claim_index, _m4_subscriber_lifecycle]
+MIGRATIONS: list[Migration] = [
+    _m2_delivery_batches,
+    _m3_claim_index,
+    _m4_subscriber_lifecycle,
+    _m5_nodes_and_leases,
+    _m6_shared_web_state,
+]
 VERSION = 1 + len(MIGRATIONS)
 
 
+# pg_advisory_xact_lock key for migrations: any number of nodes may start at once on an empty
+# database; the first creates the schema, the others wait for its commit and find it there.
+MIGRATION_LOCK = 0x6E6C5F6D6967  # "nl_mig"
+
+
 def migrate(conn: Connection) -> tuple[int, int]:
-    """Bring the schema up to ``VERSION`` inside the caller's transaction. Returns (from, to)."""
+    """Bring the schema up to ``VERSION`` inside the caller's transaction. Returns (from, to).
+
+    Serialized across processes: on PostgreSQL by a transaction-scoped advisory lock, on
+    SQLite by the ``BEGIN IMMEDIATE`` every transaction of ours starts with.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
     meta.create(conn, checkfirst=True)
     row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
     if row is None:

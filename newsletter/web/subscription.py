@@ -6,9 +6,11 @@
   sent a confirmation mail; an already active or suppressed address is sent nothing (an
   active one is already receiving the newsletter, which says how to leave; a suppressed one
   must never be written to again); a pending one gets another confirmation, at most one per
-  ``core.CONFIRM_RESEND``. The mail goes out from a background thread after the answer, so
-  the answer's timing does not tell either. A token bucket per client address (per /64 for
-  IPv6) limits requests (429 with ``Retry-After``), and a form posted from another site is
+  ``core.CONFIRM_RESEND``. The mail is marked due in the database with the request and goes
+  out from a background thread after the answer (``ConfirmationMailer``), so the answer's
+  timing does not tell either, and a crash loses no confirmation. A token bucket per client
+  address (per /64 for IPv6), kept in the database so every ``serve`` process counts against
+  it, limits requests (429 with ``Retry-After``), and a form posted from another site is
   refused (403): ``Origin`` (or ``Sec-Fetch-Site``) must name this site.
 - ``GET /confirm/<token>``: activates the pending subscriber (idempotent); an expired link is
   410, a tampered one 400, each with a page saying what to do.
@@ -19,9 +21,10 @@
   is made and any POST body is accepted; the answer is sent only once the change is committed
   (a database error is a 503, so the provider retries), and repeating it is harmless.
 
-Owns: the routes, the request parsing, the rate limit, the confirmation mail thread. Does not
-own: the rules (``Publisher.request_subscription``, ``confirm_subscription``,
-``unsubscribe_by_token``) or the wording (``web.pages``).
+Owns: the routes, the request parsing, which requests the rate limit counts, the
+confirmation mail thread and its retry policy. Does not own: the rules
+(``Publisher.request_subscription``, ``confirm_subscription``, ``unsubscribe_by_token``), the
+wording (``web.pages``) or the shared state's SQL (``storage.web``).
 """
 
 from __future__ import annotations
@@ -30,10 +33,9 @@ import ipaddress
 import json
 import logging
 import math
-import queue
 import threading
-import time
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -45,7 +47,12 @@ from starlette.routing import BaseRoute, Route
 from newsletter.core import Publisher
 from newsletter.exceptions import NewsletterError, SubscriberError
 from newsletter.tokens import TokenError, TokenExpired
-from newsletter.types import DeliveryStatus, Subscriber, SubscriberStatus
+from newsletter.types import (
+    ClaimedConfirmation,
+    DeliveryStatus,
+    Subscriber,
+    SubscriberStatus,
+)
 from newsletter.web import pages
 from newsletter.web.ratelimit import RateLimiter
 from newsletter.web.site import Site
@@ -53,70 +60,165 @@ from newsletter.web.site import Site
 log = logging.getLogger(__name__)
 
 MAX_FORM_BYTES = 16 * 1024
-DRAIN_SECONDS = 10.0  # confirmations still queued at shutdown get this long to go out
-_STOP = object()
+POLL_SECONDS = 5.0  # how often a mailer looks for due confirmations without being woken
+# How long a claimed confirmation is held by the process sending it: more than one send with
+# the backend's own retries takes. A process that dies mid-send leaves it due once this ends.
+CLAIM_LEASE = timedelta(minutes=5)
+# After failed attempt n, the next is RETRY_DELAYS[n - 1] later; after the last, it is given up
+# (the person can ask again: by then the resend throttle, ``core.CONFIRM_RESEND``, has passed).
+RETRY_DELAYS = (
+    timedelta(seconds=30),
+    timedelta(minutes=2),
+    timedelta(minutes=10),
+    timedelta(minutes=30),
+)
+MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
+DRAIN_SECONDS = 10.0  # at shutdown, the mail being sent gets this long to finish
 
 
 class ConfirmationMailer:
-    """Sends confirmation mails one at a time from a thread, in the order they were asked for.
+    """Sends the confirmation mails the database says are due, one at a time, from a thread.
 
-    One thread: a backend that keeps a connection (SMTP) is used by one caller at a time, and
-    a slow provider slows only the mails, never the answers.
+    The queue is the database: ``request_subscription`` marks a confirmation due in the
+    transaction that decides to send it, and the mailer of any ``serve`` process claims it
+    under a lease (``Storage.claim_confirmations``), sends it, and closes the claim; a send
+    that fails is due again after a delay, up to ``MAX_ATTEMPTS`` claims. So a process that
+    crashes loses nothing: what it had not sent is still due, and what it was sending is due
+    again when its lease ends (that one mail may then arrive twice; both links work). Two
+    mailers never hold the same claim, so in the normal course each mail goes once.
+
+    ``submit`` only wakes the thread, so a confirmation goes out at once in the common case;
+    otherwise the thread looks every ``poll_seconds`` (and at start, for what a crashed
+    process left). One thread: a backend that keeps a connection (SMTP) is used by one caller
+    at a time, and a slow provider slows only the mails, never the answers.
     """
 
-    def __init__(self, site: Site) -> None:
+    def __init__(
+        self,
+        site: Site,
+        *,
+        poll_seconds: float = POLL_SECONDS,
+        lease: timedelta = CLAIM_LEASE,
+    ) -> None:
         self.site = site
-        self._queue: queue.Queue[object] = queue.Queue()
+        self.poll_seconds = poll_seconds
+        self.lease = lease
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        self._stopping.clear()
+        self._wake.set()  # look at once: a process that died may have left mails due
         self._thread = threading.Thread(target=self._run, name="newsletter-confirm", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Send what is queued (for up to ``DRAIN_SECONDS``), then stop."""
+        """Finish the mail being sent (for up to ``DRAIN_SECONDS``), then stop. What is still
+        due stays due, for another process or the next start."""
         if self._thread is None:
             return
-        self._queue.put(_STOP)
+        self._stopping.set()
+        self._wake.set()
         self._thread.join(timeout=DRAIN_SECONDS)
         if self._thread.is_alive():
-            log.error("confirmation mails still queued at shutdown were not sent")
+            log.error(
+                "a confirmation mail was still being sent at shutdown; it is sent again once "
+                "its claim runs out (%s)",
+                self.lease,
+            )
         self._thread = None
 
-    def submit(self, subscriber: Subscriber) -> None:
-        self._queue.put(subscriber)
+    def submit(self, subscriber: Subscriber | None = None) -> None:
+        """A hint that a confirmation has just been marked due: look now, not at the next poll."""
+        self._wake.set()
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            assert isinstance(item, Subscriber)
+        while not self._stopping.is_set():
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
             try:
-                self._send(item)
-            except Exception:  # a bug must not end the thread: the next mail still goes
-                log.exception("confirmation for subscriber %d not sent", item.id)
+                self.send_due()
+            except Exception:  # a bug must not end the thread: the next poll tries again
+                log.exception("confirmation mails: unexpected error")
 
-    def _send(self, subscriber: Subscriber) -> None:
-        try:
-            publisher = self.site.publisher()
-            nl = publisher.config.newsletter
-            subject, html, text = pages.confirmation_mail(
-                title=nl.title,
-                url=publisher.confirmation_url(subscriber),
-                name=subscriber.name,
-                hours=publisher.config.web.confirm_hours,
-                postal_address=nl.postal_address,
-                language=nl.language,
-            )
-            result = publisher.send_confirmation(subscriber, subject=subject, html=html, text=text)
-        except NewsletterError as e:
-            log.error("confirmation for subscriber %d not sent: %s", subscriber.id, e)
-            return
-        if result.status != DeliveryStatus.SENT:
-            log.error("confirmation for subscriber %d not sent: %s", subscriber.id, result.error)
+    def send_due(self) -> int:
+        """Claim and send confirmations until none is due or the mailer stops. Returns how
+        many were sent."""
+        sent = 0
+        while not self._stopping.is_set():
+            try:
+                publisher = self.site.publisher()
+                claims = publisher.storage.claim_confirmations(limit=1, lease=self.lease)
+            except NewsletterError as e:
+                log.error("confirmation mails: cannot look for due ones: %s", e)
+                return sent
+            if not claims:
+                return sent
+            for claim in claims:
+                sent += self._send(publisher, claim)
+        return sent
+
+    def _send(self, publisher: Publisher, claim: ClaimedConfirmation) -> int:
+        subscriber = claim.subscriber
+        error: str | None
+        if claim.attempts > MAX_ATTEMPTS:  # claimed by processes that died each time
+            error = "its sender stopped every time"
         else:
+            try:
+                nl = publisher.config.newsletter
+                subject, html, text = pages.confirmation_mail(
+                    title=nl.title,
+                    url=publisher.confirmation_url(subscriber),
+                    name=subscriber.name,
+                    hours=publisher.config.web.confirm_hours,
+                    postal_address=nl.postal_address,
+                    language=nl.language,
+                )
+                result = publisher.send_confirmation(
+                    subscriber, subject=subject, html=html, text=text
+                )
+                ok = result.status == DeliveryStatus.SENT
+                error = None if ok else result.error or "not accepted"
+            except NewsletterError as e:
+                error = str(e)
+        # The backend's answer does not say whether a failure is for good (send_one folds its
+        # errors into the result), so every failure is tried again, a bounded number of times.
+        retry_in: timedelta | None = None
+        if error is None:
             log.info("confirmation sent to subscriber %d", subscriber.id)
+        elif claim.attempts >= MAX_ATTEMPTS:
+            log.error(
+                "confirmation for subscriber %d not sent, given up after %d attempts: %s",
+                subscriber.id,
+                claim.attempts,
+                error,
+            )
+        else:
+            retry_in = RETRY_DELAYS[claim.attempts - 1]
+            log.warning(
+                "confirmation for subscriber %d not sent (attempt %d of %d), next in %s: %s",
+                subscriber.id,
+                claim.attempts,
+                MAX_ATTEMPTS,
+                retry_in,
+                error,
+            )
+        try:
+            if not publisher.storage.finish_confirmation(claim, retry_in=retry_in):
+                log.warning(
+                    "confirmation for subscriber %d: its claim was taken over during the send "
+                    "(the lease ran out), so this mail may go twice",
+                    subscriber.id,
+                )
+        except NewsletterError as e:
+            log.error(
+                "confirmation for subscriber %d: outcome not recorded (%s); it is due again "
+                "when its claim runs out",
+                subscriber.id,
+                e,
+            )
+        return 1 if error is None else 0
 
 
 class Subscriptions:
@@ -133,14 +235,15 @@ class Subscriptions:
         self._lock = threading.Lock()
         # SQLite lets one writer in at a time and makes the others wait in its busy handler,
         # which sleeps in steps of up to 100 ms; queueing on a lock here instead hands the turn
-        # on at once. Writes from other processes (the scheduler) still meet the busy handler.
+        # on at once. Writes from other processes (the scheduler, other `serve` processes)
+        # still meet the busy handler.
         self._write_lock = threading.Lock()
 
     def limiter(self, per_minute: float) -> RateLimiter:
         """The rate limiter for the configured rate (a new one when the config changes it)."""
         with self._lock:
-            if self._limiter is None or self._limiter.rate != per_minute / 60.0:
-                self._limiter = RateLimiter(per_minute, clock=time.monotonic)
+            if self._limiter is None or self._limiter.per_minute != per_minute:
+                self._limiter = RateLimiter(per_minute)
             return self._limiter
 
     @staticmethod
@@ -183,9 +286,15 @@ class Subscriptions:
             return self._problem(
                 settings, wants_json, 403, "This form can only be sent from this site."
             )
-        wait = self.limiter(publisher.config.web.subscribe_rate_per_minute).acquire(
-            client_key(request)
-        )
+        limiter = self.limiter(publisher.config.web.subscribe_rate_per_minute)
+        try:
+            with self._write_lock:
+                wait = limiter.acquire(publisher.storage, client_key(request))
+        except NewsletterError as e:
+            log.error("subscribe: %s", e)
+            return self._problem(
+                settings, wants_json, 503, "Something went wrong on our side: try again soon."
+            )
         if wait > 0:
             return self._problem(
                 settings,
@@ -215,6 +324,7 @@ class Subscriptions:
                 settings, wants_json, 503, "Something went wrong on our side: try again soon."
             )
         if to_mail is not None:
+            # Marked due in the database with the request; this only wakes the mailer.
             self.mailer.submit(to_mail)
         # The same answer for every address (see the module docstring).
         if wants_json:

@@ -11,9 +11,9 @@ documentation says, before the body is trusted:
   body, base64 DER in ``X-Twilio-Email-Event-Webhook-Signature``, checked with the public key
   the SendGrid console shows (base64 DER, or PEM). Needs the ``cryptography`` package.
 - Mailgun (``POST /webhooks/mailgun``, JSON): ``signature.signature`` is the hex HMAC-SHA256
-  of ``timestamp`` + ``token`` under the webhook signing key. A token is accepted once
-  (replays are refused; tokens are remembered in memory for the accepted window, and a
-  replay after a restart could only repeat a suppression already made).
+  of ``timestamp`` + ``token`` under the webhook signing key. A token is accepted once:
+  accepted tokens are remembered in the database (as a hash) for twice the accepted window,
+  so a replay is refused by every ``serve`` process on the database, and after a restart.
 
 For SendGrid and Mailgun a timestamp more than ``MAX_AGE_SECONDS`` away from now is refused,
 so a captured request cannot be replayed later. A bad credential or signature is 401/403 and
@@ -36,7 +36,8 @@ Only addresses we know are changed; others are counted as ignored. Secrets come 
 environment variables ``[web]`` names, read per request, never logged.
 
 Owns: authenticating and reading the three payloads. Does not own what suppression means
-(``Publisher.suppress``, ``Storage.suppress``).
+(``Publisher.suppress``, ``Storage.suppress``) nor how accepted tokens are kept
+(``Storage.remember_webhook_token``).
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -61,7 +62,9 @@ from starlette.routing import BaseRoute, Route
 from newsletter import clock
 from newsletter.addresses import validate_address
 from newsletter.config import Config
+from newsletter.core import Publisher
 from newsletter.exceptions import ConfigError, NewsletterError, SubscriberError
+from newsletter.storage import Storage
 from newsletter.types import SubscriberStatus
 from newsletter.web.site import Site
 from newsletter.web.subscription import read_limited
@@ -246,14 +249,18 @@ def check_sendgrid_signature(
 
 
 class MailgunTokens:
-    """Checks Mailgun signatures and remembers accepted tokens for ``MAX_AGE_SECONDS``."""
+    """Checks Mailgun signatures and remembers accepted tokens in the database.
 
-    def __init__(self) -> None:
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
+    A token is kept for twice ``MAX_AGE_SECONDS``: past its signed timestamp's window the age
+    check refuses it anyway, and the margin covers processes whose clocks disagree a little.
+    """
 
-    def claim(self, key: str, block: Any, *, now: float) -> str:
-        """Check the ``signature`` block; reserve its token. Raises ``Refused`` (403)."""
+    PROVIDER = "mailgun"
+    KEEP = timedelta(seconds=2 * MAX_AGE_SECONDS)
+
+    def claim(self, storage: Storage, key: str, block: Any, *, now: datetime) -> str:
+        """Check the ``signature`` block; reserve its token for every process on ``storage``.
+        Raises ``Refused`` (403), or ``StorageError`` when the database cannot be used."""
         if not isinstance(block, dict):
             raise Refused(403, "missing signature")
         token, timestamp, signature = (
@@ -261,21 +268,20 @@ class MailgunTokens:
         )
         if not token or not signature:
             raise Refused(403, "missing signature")
-        _check_age(timestamp, now)
+        _check_age(timestamp, now.timestamp())
         expected = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256)
         if not hmac.compare_digest(expected.hexdigest(), signature.strip().lower()):
             raise Refused(403, "bad signature")
-        with self._lock:
-            self._seen = {t: at for t, at in self._seen.items() if now - at <= 2 * MAX_AGE_SECONDS}
-            if token in self._seen:
-                raise Refused(403, "replayed token")
-            self._seen[token] = now
+        # Insert-or-ignore: of two requests with one token, on any process, one inserts.
+        if not storage.remember_webhook_token(
+            self.PROVIDER, token, expires_at=now + self.KEEP, now=now
+        ):
+            raise Refused(403, "replayed token")
         return token
 
-    def release(self, token: str) -> None:
+    def release(self, storage: Storage, token: str) -> None:
         """Forget a token whose request failed on our side, so the provider's retry counts."""
-        with self._lock:
-            self._seen.pop(token, None)
+        storage.forget_webhook_token(self.PROVIDER, token)
 
 
 # --- the routes ----------------------------------------------------------------------------------
@@ -334,9 +340,9 @@ class Webhooks:
         self.mailgun_tokens = MailgunTokens()
 
     async def postmark(self, request: Request) -> Response:
-        async def check(config: Config) -> bool:
-            user = _secret(config, "postmark_webhook_user_env")
-            password = _secret(config, "postmark_webhook_password_env")
+        async def check(publisher: Publisher) -> bool:
+            user = _secret(publisher.config, "postmark_webhook_user_env")
+            password = _secret(publisher.config, "postmark_webhook_password_env")
             if user is None or password is None:
                 return False
             check_basic_auth(request.headers.get("authorization"), user, password)
@@ -345,8 +351,8 @@ class Webhooks:
         return await self._handle(request, "postmark", check, postmark_suppressions)
 
     async def sendgrid(self, request: Request) -> Response:
-        async def check(config: Config) -> bool:
-            text = _secret(config, "sendgrid_webhook_key_env")
+        async def check(publisher: Publisher) -> bool:
+            text = _secret(publisher.config, "sendgrid_webhook_key_env")
             if text is None:
                 return False
             try:
@@ -366,32 +372,41 @@ class Webhooks:
         return await self._handle(request, "sendgrid", check, sendgrid_suppressions)
 
     async def mailgun(self, request: Request) -> Response:
-        claimed: list[str] = []
+        claimed: list[tuple[Storage, str]] = []
 
-        async def check(config: Config) -> bool:
-            key = _secret(config, "mailgun_signing_key_env")
+        async def check(publisher: Publisher) -> bool:
+            key = _secret(publisher.config, "mailgun_signing_key_env")
             if key is None:
                 return False
             payload = _json(await _body(request))
             block = payload.get("signature") if isinstance(payload, dict) else None
-            claimed.append(self.mailgun_tokens.claim(key, block, now=clock.now().timestamp()))
+            storage = publisher.storage
+            token = await run_in_threadpool(
+                self.mailgun_tokens.claim, storage, key, block, now=clock.now()
+            )
+            claimed.append((storage, token))
             return True
 
         response = await self._handle(request, "mailgun", check, mailgun_suppressions)
         if claimed and response.status_code >= 500:
-            self.mailgun_tokens.release(claimed[0])
+            storage, token = claimed[0]
+            try:
+                await run_in_threadpool(self.mailgun_tokens.release, storage, token)
+            except NewsletterError as e:
+                # The provider's retry will be refused as a replay: say so, for the operator.
+                log.error("mailgun webhook: a failed request's token stays remembered: %s", e)
         return response
 
     async def _handle(
         self,
         request: Request,
         provider: str,
-        check: Callable[[Config], Awaitable[bool]],
+        check: Callable[[Publisher], Awaitable[bool]],
         read: Callable[[Any], list[Suppression]],
     ) -> Response:
         try:
             publisher = await run_in_threadpool(self.site.publisher)
-            if not await check(publisher.config):
+            if not await check(publisher):
                 return JSONResponse({"error": f"the {provider} webhook is not configured"}, 404)
             suppressions = read(_json(await _body(request)))
             changed, ignored = await run_in_threadpool(self._apply, suppressions)

@@ -1,0 +1,145 @@
+"""The publisher's decisions, as pure functions: no database, no network, no clock of their own.
+
+Storage hands over rows and stores what these functions decide, the way reader's ``_update``
+decides and ``_storage`` only reads and writes. Tests call them directly.
+
+Owns: whether a fetched article is new, changed or unchanged and which dates it keeps; which
+articles go into a digest; which claimed recipients are sent or skipped; what happens to a
+batch whose node died. Does not own: SQL, fetching, rendering, sending.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from newsletter.types import (
+    Article,
+    ArticleData,
+    ArticleWrite,
+    ClaimedRecipient,
+    StoredArticleState,
+    SubscriberStatus,
+)
+
+# --- gathering -----------------------------------------------------------------------------------
+
+
+def content_hash(a: ArticleData) -> str:
+    """A fingerprint of everything an article shows: equal hashes, nothing to update."""
+    payload = json.dumps(
+        [
+            a.title,
+            a.url,
+            a.author,
+            a.published and a.published.isoformat(),
+            a.updated and a.updated.isoformat(),
+            a.summary,
+            a.content,
+            list(a.tags),
+            a.image_url,
+        ],
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def article_writes(
+    articles: Iterable[ArticleData], stored: Mapping[str, StoredArticleState], now: datetime
+) -> tuple[list[ArticleWrite], int]:
+    """What to store of a fetch: (writes, unchanged count).
+
+    A new article without a date, or dated in the future, is dated when we first saw it: the
+    honest time. A changed one keeps its stored date unless the source now gives a past one,
+    and its ``updated`` is the source's (past) value or now, never before ``published``.
+    """
+    writes: list[ArticleWrite] = []
+    unchanged = 0
+    for a in articles:
+        digest = content_hash(a)
+        old = stored.get(a.key)
+        if old is None:
+            published = a.published if a.published and a.published <= now else now
+            updated = max(a.updated or published, published)
+            writes.append(ArticleWrite(a, published, updated, digest))
+        elif old.content_hash != digest:
+            published = a.published if a.published and a.published <= now else old.published
+            changed = a.updated if a.updated and a.updated <= now else now
+            writes.append(
+                ArticleWrite(a, published, max(changed, published), digest, old.content_hash)
+            )
+        else:
+            unchanged += 1
+    return writes, unchanged
+
+
+# --- digests -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DigestChoice:
+    articles: tuple[Article, ...]  # newest first, at most ``max_items``
+    more: int  # eligible articles beyond ``max_items``
+
+
+def choose_digest_articles(
+    candidates: Iterable[Article],
+    *,
+    first: bool,
+    lookback_start: datetime,
+    max_items: int,
+) -> DigestChoice:
+    """The next digest's articles, from ``candidates``: stored articles in no digest yet and,
+    after the first digest, gathered since the last one.
+
+    The first digest takes only articles published since ``lookback_start``, so subscribers do
+    not get the sources' whole back catalogue; later, a source's back catalogue (found on its
+    first fetch) is held to the same look-back. Newest first, ties by id, so the order is
+    stable.
+    """
+    eligible = [
+        a for a in candidates if a.published >= lookback_start or (not first and not a.backfill)
+    ]
+    eligible.sort(key=lambda a: (a.published, a.id), reverse=True)
+    return DigestChoice(tuple(eligible[:max_items]), max(0, len(eligible) - max_items))
+
+
+# --- delivering ----------------------------------------------------------------------------------
+
+
+def split_claimed(
+    recipients: Sequence[ClaimedRecipient],
+) -> tuple[list[ClaimedRecipient], list[ClaimedRecipient]]:
+    """(send, skip): someone who is no longer active (unsubscribed, bounced, complained since
+    the digest was created) is skipped, never sent to."""
+    send = [r for r in recipients if r.status == SubscriberStatus.ACTIVE]
+    skip = [r for r in recipients if r.status != SubscriberStatus.ACTIVE]
+    return send, skip
+
+
+class Reclaim(StrEnum):
+    RESEND = "resend"  # back to pending under its key: the provider drops the duplicate
+    UNCERTAIN = "uncertain"  # may have arrived; re-sent only with --resend-uncertain
+
+
+def reclaim(
+    first_sent_at: datetime | None,
+    *,
+    idempotent: bool,
+    window: timedelta | None,
+    now: datetime,
+) -> Reclaim:
+    """What to do with a batch whose lease expired (its node died mid-send).
+
+    Re-sending is safe only where the provider de-duplicates by the batch's key, and only while
+    it still remembers the key: ``window`` after the batch was first sent (None: forever).
+    """
+    if not idempotent:
+        return Reclaim.UNCERTAIN
+    if window is not None and first_sent_at is not None and first_sent_at < now - window:
+        return Reclaim.UNCERTAIN
+    return Reclaim.RESEND

@@ -1,0 +1,147 @@
+"""The engine, transactions and the few SQL helpers every domain module shares.
+
+Owns: opening (and migrating) the database, turning SQLAlchemy errors into ``StorageError``,
+the dialect differences (insert-or-ignore, the lease clock, row locks), and SQLite's
+settings. No business rules and no table of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, literal, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from newsletter.exceptions import StorageError
+from newsletter.storage import schema as s
+
+log = logging.getLogger(__name__)
+
+_POSTGRES_HINT = "install the PostgreSQL driver: pip install 'newsletter[postgres]' (psycopg 3)"
+
+
+def normalize_url(url: str) -> str:
+    """``postgres://`` and a driverless ``postgresql://`` mean psycopg 3, our only driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return "<unparseable database URL>"
+
+
+class StorageBase:
+    """Open (and migrate) the database at ``url``. Raises ``StorageError`` when it cannot."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalize_url(url)
+        shown = safe_url(self.url)
+        try:
+            self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
+        except ModuleNotFoundError as e:
+            hint = _POSTGRES_HINT if self.url.startswith("postgresql") else f"{e}; install it"
+            raise StorageError(f"cannot open database {shown}: {hint}") from e
+        except NoSuchModuleError as e:
+            kind = self.url.partition(":")[0]
+            raise StorageError(
+                f"cannot open database {shown}: {kind!r} is not a kind of database we know; use "
+                "sqlite:///FILE or postgresql://USER@HOST/DB (and install the driver: "
+                "pip install 'newsletter[postgres]')"
+            ) from e
+        except ArgumentError as e:
+            raise StorageError(f"cannot open database {shown}: not a database URL: {e}") from e
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+        try:
+            with self.engine.begin() as conn:
+                before, after = s.migrate(conn)
+        except (SQLAlchemyError, RuntimeError) as e:
+            self.engine.dispose()
+            raise StorageError(f"cannot open database {shown}: {e}") from e
+        if before != after:
+            log.info("database %s: schema version %d -> %d", shown, before, after)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as e:
+            raise StorageError(f"database error: {e}") from e
+
+    def ping(self) -> None:
+        with self._tx() as conn:
+            conn.execute(select(literal(1))).one()
+
+    def _insert_ignore(self, table: Table, keys: list[str] | None) -> Any:
+        """``INSERT ... ON CONFLICT (keys) DO NOTHING`` for the engine's dialect; with ``keys``
+        None, a conflict on any unique constraint is ignored."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table).on_conflict_do_nothing(index_elements=keys)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)
+
+    def _insert_row(
+        self, conn: Connection, table: Table, keys: list[str] | None, row: dict[str, Any]
+    ) -> bool:
+        """Insert one row unless it conflicts (see ``_insert_ignore``). True when inserted.
+
+        Told by ``RETURNING`` (SQLite 3.35+, PostgreSQL), not by the rowcount, which
+        SQLAlchemy's psycopg dialect reports as -1 for an ``INSERT ... ON CONFLICT``."""
+        statement = self._insert_ignore(table, keys).values(**row)
+        marker = next(iter(table.primary_key.columns))
+        return conn.execute(statement.returning(marker)).first() is not None
+
+    def _lease_now(self, conn: Connection) -> datetime:
+        """The time leases are measured by: the database server's clock on PostgreSQL, so
+        nodes whose clocks disagree still agree on when a lease ends; the system clock on
+        SQLite (one machine). Never the ``clock`` seam: a lease is real time."""
+        if self.dialect == "postgresql":
+            value: datetime = conn.execute(select(func.clock_timestamp())).scalar_one()
+            return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return datetime.now(UTC)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, foreign keys, a busy timeout, and real BEGINs (pysqlite's own are unreliable).
+
+    The BEGIN handling follows SQLAlchemy's documented recipe for "Serializable isolation /
+    Savepoints / Transactional DDL" with pysqlite. ``BEGIN IMMEDIATE`` takes the write lock at
+    once, which is what makes a claim (read, then mark) atomic between processes.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,72 @@
+"""Editing a copy of the example project for a test: its tables, its mail backend, its
+database, new articles; and running the real command on it in a child process."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from tests.emulators import TOKEN, Emulator
+
+
+def set_table(config: Path, table: str, body: str) -> None:
+    """Replace the body of ``[table]`` (added at the end when absent)."""
+    text = config.read_text()
+    match = re.search(rf"(?ms)^\[{re.escape(table)}\]\n.*?(?=^\[|\Z)", text)
+    block = f"[{table}]\n{body.strip()}\n\n"
+    text = text[: match.start()] + block + text[match.end() :] if match else text + "\n" + block
+    config.write_text(text)
+
+
+def use_emulator(config: Path, emulator: Emulator, **extra: object) -> None:
+    """Send through ``emulator`` (its name from its class) with ``[mail]`` options."""
+    name = type(emulator).__name__.removesuffix("Emulator").lower()
+    lines = [f'backend = "{name}"', 'token_env = "MAIL_TOKEN"', f'base_url = "{emulator.base_url}"']
+    if name == "mailgun":
+        lines.append('domain = "mg.news.example.org"')
+    lines += [f"{key} = {_toml(value)}" for key, value in extra.items()]
+    set_table(config, "mail", "\n".join(lines))
+
+
+def use_database(config: Path, url: str) -> None:
+    set_table(config, "storage", f'url = "{url}"')
+
+
+def add_article(config: Path, slug: str, title: str, when: datetime) -> Path:
+    """A new Markdown article in the example's editorial folder."""
+    path = config.parent / "articles" / f"{slug}.md"
+    path.write_text(
+        f"---\ntitle: {title}\ndate: {when.isoformat()}\nauthor: Test Desk\n---\n\n"
+        f"Body of {title}.\n"
+    )
+    return path
+
+
+def command(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``newsletter --config CONFIG ARGS`` as a child process (its own process group)."""
+    full_env = {
+        **os.environ,
+        "NEWSLETTER_SECRET": "test-secret",
+        "MAIL_TOKEN": TOKEN,
+        "COLUMNS": "200",
+        **(env or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=full_env,
+        text=True,
+    )
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return f'"{value}"'
