@@ -10,7 +10,7 @@ help:
 	@echo "make run   - set up .venv, import the example subscribers, run one gather/feeds/digest cycle"
 	@echo "make test  - set up .venv with the test extras and run the whole test suite"
 	@echo "make lint  - ruff check and format check; make typecheck - mypy --strict"
-	@echo "make bench - the render and send benchmarks (figures, no pass/fail)"
+	@echo "make bench - the render, send and nodes benchmarks (figures, no pass/fail)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,9 +57,10 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-test postgresql
 	$(BIN)/python benchmarks/render.py
 	$(BIN)/python benchmarks/send.py --subscribers 20000
+	$(BIN)/python benchmarks/nodes.py --subscribers 20000
 
 clean:
 	find feeds -mindepth 1 ! -name README.md -exec rm -rf {} +

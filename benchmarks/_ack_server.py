@@ -2,7 +2,11 @@
 mail provider answers success, nothing more. Run in its own process by benchmarks/send.py so
 its CPU and memory are not counted as ours.
 
-GET /_stats returns {"requests": n, "bytes": n, "messages": n}; POST /_reset zeroes them.
+GET /_stats returns {"requests": n, "bytes": n, "messages": n, "distinct": n, "duplicates": n,
+"first": t, "last": t}; POST /_reset zeroes them. ``distinct`` and ``duplicates`` count
+recipients by address (SendGrid, Postmark and Resend payloads), so a benchmark of several
+nodes can check, where the messages arrive, that nobody got one twice and nobody none;
+``first`` and ``last`` are the arrival times (``time.time()``) of the first and last request.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,8 +24,13 @@ from urllib.parse import parse_qs
 class Stats:
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
         self.requests = self.bytes = self.messages = 0
         self.sample: tuple[str, bytes] | None = None  # (content type, body) of one request
+        self.seen: dict[str, int] = {}  # recipient address -> messages received
+        self.first = self.last = 0.0
 
 
 def make_handler(provider: str, stats: Stats) -> type[BaseHTTPRequestHandler]:
@@ -49,6 +59,10 @@ def make_handler(provider: str, stats: Stats) -> type[BaseHTTPRequestHandler]:
                         "requests": stats.requests,
                         "bytes": stats.bytes,
                         "messages": stats.messages,
+                        "distinct": len(stats.seen),
+                        "duplicates": sum(n - 1 for n in stats.seen.values()),
+                        "first": stats.first,
+                        "last": stats.last,
                     }
                 self._reply(200, json.dumps(data).encode())
             elif self.path == "/_sample":
@@ -62,20 +76,41 @@ def make_handler(provider: str, stats: Stats) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length)
             if self.path == "/_reset":
                 with stats.lock:
-                    stats.requests = stats.bytes = stats.messages = 0
-                    stats.sample = None
+                    stats.reset()
                 self._reply(200, b"{}")
                 return
             status, reply, count, headers = acknowledge(provider, body)
+            addresses = recipients(provider, body) if self.path != "/baseline" else []
+            now = time.time()
             with stats.lock:
                 stats.requests += 1
                 stats.bytes += length
                 stats.messages += count
+                for address in addresses:
+                    stats.seen[address] = stats.seen.get(address, 0) + 1
+                stats.first = stats.first or now
+                stats.last = now
                 if stats.sample is None:
                     stats.sample = (self.headers.get("Content-Type", ""), body)
             self._reply(status, reply, headers)
 
     return Handler
+
+
+def recipients(provider: str, body: bytes) -> list[str]:
+    """The addresses a request delivers to (JSON providers; Mailgun is not counted)."""
+    if provider == "sendgrid":
+        return [t["email"] for p in json.loads(body)["personalizations"] for t in p["to"]]
+    if provider == "postmark":
+        return [_address(m["To"]) for m in json.loads(body)]
+    if provider == "resend":
+        return [_address(m["to"][0]) for m in json.loads(body)]
+    return []
+
+
+def _address(text: str) -> str:
+    """The address of ``"Name" <address>`` or of a bare address."""
+    return text.rpartition("<")[2].rstrip(">")
 
 
 def acknowledge(provider: str, body: bytes) -> tuple[int, bytes, int, dict[str, str]]:
