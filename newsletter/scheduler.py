@@ -129,10 +129,13 @@ class NodeScheduler:
     # --- one wake-up -----------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Run whatever is due now on this node. Never raises for a job's failure."""
+        """Run whatever is due now on this node. Never raises for a job's failure, nor for a
+        database that does not answer (the next wake-up tries again: the rows decide)."""
         self.idle.clear()
         try:
             self._wake()
+        except NewsletterError as e:
+            log.error("wake-up cut short: %s; trying again at the next one", e)
         finally:
             self.idle.set()
 

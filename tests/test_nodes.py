@@ -268,6 +268,12 @@ def test_sigterm_stops_a_send_cleanly_and_the_rest_goes_once(pg_project: Path) -
         addresses = prepare(pg_project, n)
         child = start(pg_project, "send")
         wait_for(lambda: len(emulator.deliveries) >= 500, 60, "the node to be sending")
+        status = start(pg_project, "status")
+        (report,) = finish([status])
+        assert status.returncode == 0, report
+        assert "digest being sent: #1 sending" in report
+        assert re.search(rf"node \S+:{child.pid}:\w+ holds \d+ batches \(\d+ recipients\)", report)
+        assert re.search(rf"node \S+:{child.pid}:\w+: send, up since", report)
         child.send_signal(signal.SIGTERM)
         (output,) = finish([child], timeout=60)
         assert child.returncode == 3, output  # an interrupted one-shot send

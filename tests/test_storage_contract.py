@@ -60,28 +60,33 @@ def storage(db_url: str) -> Iterator[SqlStorage]:
 def race(db_url: str, workers: int, work: Callable[[SqlStorage, int], T]) -> list[T]:
     """``work(storage, i)`` in ``workers`` threads released together, each with a storage
     (connections) of its own, as separate processes would have. Returns their results; an
-    exception in any thread fails the test."""
-    barrier = threading.Barrier(workers)
+    exception in any thread fails the test (and releases the others: none waits forever)."""
+    barrier = threading.Barrier(workers, timeout=60)
     results: list[T] = []
     errors: list[BaseException] = []
 
     def run(i: int) -> None:
-        own = SqlStorage(db_url)
+        own: SqlStorage | None = None
         try:
+            own = SqlStorage(db_url)
             barrier.wait()
             results.append(work(own, i))
         except BaseException as e:
+            barrier.abort()
             errors.append(e)
         finally:
-            own.close()
+            if own is not None:
+                own.close()
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(workers)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+        t.join(timeout=90)
+    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if real or errors:
+        raise (real or errors)[0]
+    assert len(results) == workers, "a worker did not finish"
     return results
 
 
