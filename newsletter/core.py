@@ -350,7 +350,7 @@ class Publisher:
         counts = self.storage.digest_counts(digest.id)
         if on_start is not None:
             on_start(digest, counts)
-        ledger = StorageLedger(self.storage, self.node, digest, self.recipient_values)
+        ledger = StorageLedger(self.storage, self.node, digest, self.recipient_values, backend)
         sent = failed = uncertain = 0
         stopped: str | None = None
         content = self._content(digest)
@@ -400,7 +400,7 @@ class Publisher:
             sent=sent,
             failed=failed,
             skipped=ledger.skipped,
-            uncertain=uncertain + reclaimed.uncertain,
+            uncertain=uncertain + reclaimed.uncertain + ledger.uncertain_count,
             pending=after.pending,
             articles=len(digest.article_ids),
             stopped=stopped,

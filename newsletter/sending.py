@@ -32,12 +32,21 @@ class StorageLedger:
     """The send loop's ``Ledger`` for one digest, on this node's leases. Not thread-safe:
     the loop calls it from one thread."""
 
-    def __init__(self, storage: Storage, node: Node, digest: Digest, values: RecipientValues):
+    def __init__(
+        self,
+        storage: Storage,
+        node: Node,
+        digest: Digest,
+        values: RecipientValues,
+        backend: MailBackend,
+    ) -> None:
         self.storage = storage
         self.node = node
         self.digest_id = digest.id
         self.values = values
+        self.backend = backend
         self.skipped = 0
+        self.uncertain_count = 0  # made uncertain here: claimed again past the key's memory
         self.claimed = 0  # batches this node claimed
 
     def claim(self, size: int) -> Batch | None:
@@ -46,6 +55,20 @@ class StorageLedger:
             if claimed is None:
                 return None
             self.claimed += 1
+            if claimed.attempts > 1 and self._past_the_key(claimed.first_sent_at):
+                # Given back after an answer was lost, and now older than the provider's
+                # memory of its key: sending it again could deliver twice.
+                self.uncertain_count += self.storage.mark_uncertain(
+                    self.digest_id, claimed.key, self.node.id
+                )
+                log.warning(
+                    "batch %s: first sent %s, beyond %s's memory of its key; its recipients "
+                    "are uncertain (`newsletter send --resend-uncertain` sends them again)",
+                    claimed.key,
+                    claimed.first_sent_at,
+                    self.backend.name,
+                )
+                continue
             send, skip = rules.split_claimed(claimed.recipients)
             if skip:
                 skipped = [
@@ -71,6 +94,19 @@ class StorageLedger:
                     for r in send
                 ),
             )
+
+    def _past_the_key(self, first_sent_at: datetime | None) -> bool:
+        """Whether a re-send of a batch first sent then would reach a provider that no longer
+        de-duplicates it (only idempotent backends re-send a batch whose answer was lost)."""
+        if not self.backend.idempotent:
+            return False  # it came back only because it was certainly not accepted
+        decision = rules.reclaim(
+            first_sent_at,
+            idempotent=True,
+            window=self.backend.idempotency_window,
+            now=datetime.now(UTC),
+        )
+        return decision == rules.Reclaim.UNCERTAIN
 
     def record(self, batch: Batch, results: Sequence[DeliveryResult]) -> bool:
         return self.storage.record_results(

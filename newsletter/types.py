@@ -287,6 +287,7 @@ class ClaimedBatch:
     key: str
     recipients: tuple[ClaimedRecipient, ...]
     attempts: int  # how many times it was claimed, this claim included
+    first_sent_at: datetime | None = None  # its first claim: a provider's idempotency window
 
 
 @dataclass(frozen=True)

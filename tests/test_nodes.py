@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -437,3 +437,40 @@ def test_a_node_that_planned_against_an_older_digest_does_not_send_the_news_agai
                 a.close()
                 b.close()
         assert Counter(emulator.delivered_to()) == Counter(addresses)
+
+
+def test_a_batch_given_back_beyond_resends_key_memory_is_not_sent_again(
+    pg_project: Path,
+) -> None:
+    # A batch whose answer was lost goes back to pending under its Idempotency-Key. Resend
+    # remembers a key for 24 hours: a batch first sent longer ago than that is reported
+    # uncertain, not sent again, whoever claims it.
+    with ResendEmulator() as emulator:
+        use_emulator(pg_project, emulator, batch_size=10)
+        addresses = prepare(pg_project, 30)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MAIL_TOKEN", "test-token-1234")
+            patch.setenv("NEWSLETTER_SECRET", "test-secret")
+            publisher = make_publisher(load_config(pg_project))
+            try:
+                plan = publisher.plan_digest()
+                digest, _ = publisher._create_digest(plan, None)
+                storage = publisher.storage
+                first = storage.claim_batch(digest.id, "node-x", timedelta(minutes=1))
+                assert first is not None
+                assert storage.release_batch(digest.id, first.key, "node-x")
+                b = schema.batches
+                with storage.engine.begin() as conn:
+                    conn.execute(
+                        b.update()
+                        .where(b.c.key == first.key)
+                        .values(first_sent_at=datetime.now(UTC) - timedelta(hours=30))
+                    )
+                report = publisher.send_digest()
+            finally:
+                publisher.close()
+        assert (report.sent, report.uncertain) == (20, 10)
+        old = {r.email for r in first.recipients}
+        assert set(emulator.delivered_to()) == set(addresses) - old
+        assert uncertain_addresses(pg_project) == old
+        assert first.key not in {d.key for d in emulator.deliveries}

@@ -136,10 +136,13 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_connect(dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        # The busy timeout first: switching to WAL needs a lock too, and without the timeout
-        # a connection opened while another process writes fails at once ("locked").
+        # The busy timeout first, so that every statement after it waits for other writers.
         cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA journal_mode=WAL")
+        # WAL is a property of the file, set once; asking for it again while other processes
+        # write can fail at once ("database is locked": the switch wants the file to itself
+        # and does not wait), so it is asked for only when the file is not in WAL yet.
+        if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()

@@ -104,7 +104,9 @@ class ArticlesMixin(StorageBase):
                         first_seen=now,
                         backfill=backfill,
                     )
-                    new += self._insert_row(conn, a, ["source", "key"], values)
+                    # No conflict target: the uid (made from source and key) is unique too, and
+                    # a racing insert may hit either index first.
+                    new += self._insert_row(conn, a, None, values)
                 else:
                     changed = conn.execute(
                         update(a)

@@ -245,7 +245,7 @@ class DeliveriesMixin(StorageBase):
         with self._tx() as conn:
             while True:
                 row = conn.execute(
-                    select(_b.c.key, _b.c.attempts)
+                    select(_b.c.key, _b.c.attempts, _b.c.first_sent_at)
                     .where(_b.c.digest_id == digest_id, _b.c.status == BatchStatus.PENDING)
                     .order_by(_b.c.seq)
                     .limit(1)
@@ -305,7 +305,9 @@ class DeliveriesMixin(StorageBase):
                         ),
                     )
                 )
-                return ClaimedBatch(digest_id, row.key, recipients, row.attempts + 1)
+                return ClaimedBatch(
+                    digest_id, row.key, recipients, row.attempts + 1, row.first_sent_at or now
+                )
 
     def record_results(
         self,
