@@ -434,9 +434,10 @@ def _run_scheduler(publisher: Publisher, scheduler: NodeScheduler) -> None:
             held,
         )
         _exit_now(0)
-    held = publisher.node.beat()
+    # Whatever this node still holds (a fire stopped before its digest existed, a batch)
+    # goes to the other nodes now rather than when the lease would have run out.
+    held = publisher.storage.expire_leases(publisher.node.id)
     if held:
-        publisher.storage.expire_leases(publisher.node.id)
         logging.getLogger("newsletter").warning(
             "stopped; %d batches this node still held are given up to the other nodes", held
         )

@@ -350,7 +350,14 @@ class Publisher:
         counts = self.storage.digest_counts(digest.id)
         if on_start is not None:
             on_start(digest, counts)
-        ledger = StorageLedger(self.storage, self.node, digest, self.recipient_values, backend)
+        ledger = StorageLedger(
+            self.storage,
+            self.node,
+            digest,
+            self.recipient_values,
+            backend,
+            resend_uncertain=resend_uncertain,
+        )
         sent = failed = uncertain = 0
         stopped: str | None = None
         content = self._content(digest)

@@ -39,12 +39,16 @@ class StorageLedger:
         digest: Digest,
         values: RecipientValues,
         backend: MailBackend,
+        *,
+        resend_uncertain: bool = False,
     ) -> None:
         self.storage = storage
         self.node = node
         self.digest_id = digest.id
         self.values = values
         self.backend = backend
+        # ``send --resend-uncertain``: re-send whatever comes back, a duplicate accepted.
+        self.resend_uncertain = resend_uncertain
         self.skipped = 0
         self.uncertain_count = 0  # made uncertain here: claimed again past the key's memory
         self.claimed = 0  # batches this node claimed
@@ -98,8 +102,8 @@ class StorageLedger:
     def _past_the_key(self, first_sent_at: datetime | None) -> bool:
         """Whether a re-send of a batch first sent then would reach a provider that no longer
         de-duplicates it (only idempotent backends re-send a batch whose answer was lost)."""
-        if not self.backend.idempotent:
-            return False  # it came back only because it was certainly not accepted
+        if self.resend_uncertain or not self.backend.idempotent:
+            return False  # asked for, or it came back only because it was not accepted
         decision = rules.reclaim(
             first_sent_at,
             idempotent=True,

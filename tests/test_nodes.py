@@ -474,3 +474,8 @@ def test_a_batch_given_back_beyond_resends_key_memory_is_not_sent_again(
         assert set(emulator.delivered_to()) == set(addresses) - old
         assert uncertain_addresses(pg_project) == old
         assert first.key not in {d.key for d in emulator.deliveries}
+        # Asked for, they go: accepting a second copy for whoever got the first.
+        again = start(pg_project, "send", "--resend-uncertain")
+        (output,) = finish([again])
+        assert again.returncode == 0, output
+        assert Counter(emulator.delivered_to()) == Counter(addresses)
