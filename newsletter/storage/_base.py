@@ -8,6 +8,8 @@ settings. No business rules and no table of its own.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -124,6 +126,25 @@ class StorageBase:
         return datetime.now(UTC)
 
 
+def _use_wal(cursor: Any, *, patience: float = 30.0) -> None:
+    """Put the file in WAL mode, unless it is already (WAL is a property of the file).
+
+    The switch wants the file to itself and does not wait for the busy timeout: processes
+    opening a new database at the same moment get "database is locked" at once. So it is
+    tried again, for up to ``patience`` seconds, until this process or another has made it.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     """WAL, foreign keys, a busy timeout, and real BEGINs (pysqlite's own are unreliable).
 
@@ -138,11 +159,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         # The busy timeout first, so that every statement after it waits for other writers.
         cur.execute("PRAGMA busy_timeout=30000")
-        # WAL is a property of the file, set once; asking for it again while other processes
-        # write can fail at once ("database is locked": the switch wants the file to itself
-        # and does not wait), so it is asked for only when the file is not in WAL yet.
-        if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            cur.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
