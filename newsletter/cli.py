@@ -584,7 +584,7 @@ def status(state: State) -> None:
                 markup=False,
             )
     u = report.uncertain_digest
-    if u is not None and (d is None or u.id != d.id or (c is not None and c.uncertain)):
+    if u is not None:
         console.print(
             f"digest #{u.number} has uncertain deliveries (sent, answer lost): "
             "`newsletter send --resend-uncertain` sends them again",

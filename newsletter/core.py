@@ -376,17 +376,16 @@ class Publisher:
                 stopped = str(outcome.stopped)
             if stopped or outcome.interrupted or not wait_for_others:
                 break
-            counts = self.storage.digest_counts(digest.id)
-            if not counts.leased:
+            holders = self.storage.lease_holders(digest.id)
+            if not holders:
                 break
-            holders = ", ".join(h.node for h in self.storage.lease_holders(digest.id))
             # Said once at WARNING: a send that seems to hang should say what it waits for.
             (log.info if waited else log.warning)(
                 "digest %d: waiting for %d deliveries leased by %s (they finish, or their "
                 "lease runs out and this node takes them back)",
                 digest.number,
-                counts.leased,
-                holders or "other nodes",
+                sum(h.recipients for h in holders),
+                ", ".join(h.node for h in holders),
             )
             waited = True
             if self.node.stopping.wait(min(5.0, max(0.5, self.node.lease.total_seconds() / 4))):
@@ -459,13 +458,18 @@ class Publisher:
     def resume_sending(self) -> SendReport | None:
         """Join the unfinished digest, if there is one with work left (the scheduler calls
         this on every wake-up, so a send interrupted anywhere goes on at once). Also takes
-        back the batches of nodes that died. None when there was nothing to do."""
-        self._reclaim()
+        back the batches of nodes that died. None when there was nothing to do.
+
+        Every node repeats this on each wake-up, so it counts batches, not deliveries."""
         digest = self.storage.unfinished_digest()
         if digest is None:
             return None
-        if not self.storage.digest_counts(digest.id).pending:
-            self.storage.finish_digest(digest.id, clock.now())
+        pending, leased = self.storage.open_batches(digest.id)
+        if not pending and leased:
+            self._reclaim()  # a dead node's batches come back, pending or uncertain
+            pending, leased = self.storage.open_batches(digest.id)
+        if not pending:
+            self.storage.finish_digest(digest.id, clock.now())  # done unless some are leased
             return None
         return self.send_digest(create=False)
 

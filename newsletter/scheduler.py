@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -119,8 +120,10 @@ class NodeScheduler:
     def stopping(self) -> threading.Event:
         return self.publisher.stopping
 
+    @cached_property
     def since(self) -> datetime:
-        """When the first scheduler of this database started (kept in the database)."""
+        """When the first scheduler of this database started (kept in the database, read once:
+        it never changes)."""
         value = self.publisher.storage.get_or_create_meta(
             SINCE_META_KEY, lambda: clock.now().isoformat()
         )
@@ -142,7 +145,7 @@ class NodeScheduler:
     def _wake(self) -> None:
         self.publisher.node.start()
         now = clock.now()
-        since = self.since()
+        since = self.since
         gathered = False
         for job in self.jobs:
             if self.stopping.is_set():

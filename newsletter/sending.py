@@ -51,14 +51,12 @@ class StorageLedger:
         self.resend_uncertain = resend_uncertain
         self.skipped = 0
         self.uncertain_count = 0  # made uncertain here: claimed again past the key's memory
-        self.claimed = 0  # batches this node claimed
 
     def claim(self, size: int) -> Batch | None:
         while True:
             claimed = self.storage.claim_batch(self.digest_id, self.node.id, self.node.lease)
             if claimed is None:
                 return None
-            self.claimed += 1
             if claimed.attempts > 1 and self._past_the_key(claimed.first_sent_at):
                 # Given back after an answer was lost, and now older than the provider's
                 # memory of its key: sending it again could deliver twice.

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 from sqlalchemy import select
@@ -35,6 +35,9 @@ from newsletter.types import (
     RunStatus,
     SubscriberStatus,
 )
+
+if TYPE_CHECKING:
+    from tests._postgres import PostgresServer
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -201,6 +204,7 @@ def test_a_lost_lease_fences_the_old_holder_out(storage: SqlStorage) -> None:
     batch = storage.claim_batch(digest.id, "node-a", timedelta(seconds=1))
     assert batch is not None
     assert storage.claim_batch(digest.id, "node-b", LEASE) is None  # nothing else pending
+    assert storage.open_batches(digest.id) == (0, 1)
     assert storage.digest_counts(digest.id).leased == 5
     (holder,) = storage.lease_holders(digest.id)
     assert (holder.node, holder.batches, holder.recipients) == ("node-a", 1, 5)
@@ -210,12 +214,14 @@ def test_a_lost_lease_fences_the_old_holder_out(storage: SqlStorage) -> None:
     assert (lease.key, lease.owner) == (batch.key, "node-a")
     assert storage.reclaim_lease(lease, resend=True) == 5
     assert storage.reclaim_lease(lease, resend=True) == 0  # once only
+    assert storage.open_batches(digest.id) == (1, 0)
     again = storage.claim_batch(digest.id, "node-b", LEASE)
     assert again is not None and again.key == batch.key and again.attempts == 2
     # node-a wakes up with its answer: refused, node-b holds the batch now.
     assert not storage.record_results(digest.id, batch.key, "node-a", _sent(batch.recipients), NOW)
     assert storage.record_results(digest.id, batch.key, "node-b", _sent(again.recipients), NOW)
     assert storage.digest_counts(digest.id).sent == 5
+    assert storage.open_batches(digest.id) == (0, 0)
     assert storage.finish_digest(digest.id, NOW)
     assert not storage.finish_digest(digest.id, NOW)
 
@@ -468,3 +474,15 @@ def test_without_the_postgres_extra_the_error_says_what_to_install(
         "error: cannot open database postgresql+psycopg://u@127.0.0.1:1/db: install the "
         "PostgreSQL driver: pip install 'newsletter[postgres]' (psycopg 3)"
     ]
+
+
+def test_a_database_that_refuses_the_connection_is_named_with_the_drivers_reason(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.base_url.set(database="no_such_db").render_as_string(hide_password=False)
+    with pytest.raises(StorageError) as info:
+        SqlStorage(url)
+    message = str(info.value)
+    assert message.startswith("cannot open database postgresql+psycopg://")
+    assert 'database "no_such_db" does not exist' in message
+    assert "Background on this error" not in message and "\n" not in message

@@ -44,6 +44,13 @@ def safe_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
+def _reason(error: Exception) -> str:
+    """The driver's own message ("connection failed: ... no password supplied"), without
+    SQLAlchemy's wrapper class name and its "Background on this error" link."""
+    original = getattr(error, "orig", None)
+    return " ".join(str(original or error).split("\n(Background on this error")[0].split())
+
+
 class StorageBase:
     """Open (and migrate) the database at ``url``. Raises ``StorageError`` when it cannot."""
 
@@ -71,7 +78,7 @@ class StorageBase:
                 before, after = s.migrate(conn)
         except (SQLAlchemyError, RuntimeError) as e:
             self.engine.dispose()
-            raise StorageError(f"cannot open database {shown}: {e}") from e
+            raise StorageError(f"cannot open database {shown}: {_reason(e)}") from e
         if before != after:
             log.info("database %s: schema version %d -> %d", shown, before, after)
 
@@ -88,7 +95,7 @@ class StorageBase:
             with self.engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as e:
-            raise StorageError(f"database error: {e}") from e
+            raise StorageError(f"database error: {_reason(e)}") from e
 
     def ping(self) -> None:
         with self._tx() as conn:

@@ -69,37 +69,32 @@ class DeliveriesMixin(StorageBase):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         with self._tx() as conn:
-            self._insert_row(
-                conn,
-                s.digests,
-                None,
-                {
-                    "uid": uid,
-                    "number": number,
-                    "fire": fire,
-                    "created_at": now,
-                    "subject": subject,
-                    "preheader": preheader,
-                    "html": html,
-                    "text": text,
-                    "status": DigestStatus.SENDING,
-                },
-            )
-            row = conn.execute(select(s.digests.c.id).where(s.digests.c.uid == uid)).first()
-            if row is None:  # that fire (or that number) was taken by another node first
-                taken = None
-                if fire is not None:
-                    taken = conn.execute(
-                        select(s.digests.c.id).where(s.digests.c.fire == fire)
-                    ).first()
-                if taken is None:
-                    taken = conn.execute(
+            digest_id = conn.execute(
+                self._insert_ignore(s.digests, None)
+                .values(
+                    uid=uid,
+                    number=number,
+                    fire=fire,
+                    created_at=now,
+                    subject=subject,
+                    preheader=preheader,
+                    html=html,
+                    text=text,
+                    status=DigestStatus.SENDING,
+                )
+                .returning(s.digests.c.id)
+            ).scalar()
+            created = digest_id is not None
+            if digest_id is None:  # that fire (or that number) was taken by another node first
+                taken = (
+                    s.digests.c.fire == fire if fire is not None else s.digests.c.number == number
+                )
+                digest_id = conn.execute(select(s.digests.c.id).where(taken)).scalar()
+                if digest_id is None:  # the fire is new, its number was taken
+                    digest_id = conn.execute(
                         select(s.digests.c.id).where(s.digests.c.number == number)
-                    ).one()
-                existing_id = int(taken.id)
+                    ).scalar_one()
             else:
-                existing_id = None
-                digest_id = int(row.id)
                 if article_ids:
                     conn.execute(
                         s.digest_articles.insert(),
@@ -109,9 +104,9 @@ class DeliveriesMixin(StorageBase):
                         ],
                     )
                 self._freeze_recipients(conn, digest_id, now, batch_size, f"nl-{uid}")
-        digest = self.get_digest(existing_id if existing_id is not None else digest_id)
+        digest = self.get_digest(int(digest_id))
         assert digest is not None
-        return digest, existing_id is None
+        return digest, created
 
     @staticmethod
     def _freeze_recipients(
@@ -480,6 +475,19 @@ class DeliveriesMixin(StorageBase):
                 name = "leased"
             counts[name] = counts.get(name, 0) + int(n)
         return DigestCounts(**counts)
+
+    def open_batches(self, digest_id: int) -> tuple[int, int]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(_b.c.status, func.count())
+                .where(
+                    _b.c.digest_id == digest_id,
+                    _b.c.status.in_((BatchStatus.PENDING, BatchStatus.LEASED)),
+                )
+                .group_by(_b.c.status)
+            ).all()
+        by_status = {str(status): int(n) for status, n in rows}
+        return by_status.get(BatchStatus.PENDING, 0), by_status.get(BatchStatus.LEASED, 0)
 
     def lease_holders(self, digest_id: int) -> list[LeaseHolder]:
         joined = _b.join(_d, and_(_d.c.digest_id == _b.c.digest_id, _d.c.batch == _b.c.key))

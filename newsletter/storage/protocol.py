@@ -243,6 +243,10 @@ class Storage(Protocol):
     def digest_counts(self, digest_id: int) -> DigestCounts:
         """The digest's deliveries by state, every node included."""
 
+    def open_batches(self, digest_id: int) -> tuple[int, int]:
+        """(pending, leased) batches of the digest: cheap, batches not deliveries are
+        counted, for the checks every node repeats on each wake-up."""
+
     def lease_holders(self, digest_id: int) -> list[LeaseHolder]:
         """The nodes holding leased batches of the digest now."""
 
