@@ -21,7 +21,6 @@ import html
 import io
 import json
 import logging
-import time
 import xml.sax
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,6 +35,7 @@ import urllib3.exceptions
 
 from newsletter.config import HttpSettings, SourceConfig
 from newsletter.exceptions import ConfigError, SourceError
+from newsletter.sources import deadline
 from newsletter.types import EntryData, FetchResult, SourceState
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class FeedSource:
         self.location = config.location
         self._config = config
         self._target: str | Path = config.path if config.path is not None else str(config.url)
-        self._session = session
+        # The total deadline of each fetch needs the session's connections to answer to it.
+        self._session = deadline.mount(session)
         self._user_agent = http.user_agent
 
     def __repr__(self) -> str:
@@ -91,13 +92,15 @@ class FeedSource:
             headers["If-None-Match"] = state.etag
         if state.last_modified:
             headers["If-Modified-Since"] = state.last_modified
-        # ``timeout`` bounds the connection and each read; the deadline bounds the whole body,
-        # so a server trickling a byte at a time cannot hold a worker forever.
-        deadline = time.monotonic() + timeout
+        # ``timeout`` bounds the connection and each read; the total deadline bounds the whole
+        # fetch (connect, every redirect hop, headers and body), so a server dribbling a byte at
+        # a time cannot hold a worker for longer than ``timeout`` (see ``deadline``).
         with (
-            _requests_errors(self.name, url, timeout),
+            deadline.limit(timeout) as limit,
+            _requests_errors(self.name, url, timeout, limit),
             self._session.get(url, headers=headers, timeout=timeout, stream=True) as response,
         ):
+            _check_deadline(limit, self.name, url)
             final_url = response.url
             permanent = _permanent_target(response, url)
             status = response.status_code
@@ -113,7 +116,9 @@ class FeedSource:
                 raise SourceError(
                     f"unexpected HTTP status {status}", source=self.name, url=url, status=status
                 )
-            body = self._read_body(response, final_url, deadline)
+            body = self._read_body(response, final_url)
+            # A socket cut by the watchdog can look like a body that ended early.
+            _check_deadline(limit, self.name, url)
             content_type = response.headers.get("Content-Type", "")
             etag = response.headers.get("ETag")
             last_modified = response.headers.get("Last-Modified")
@@ -131,7 +136,7 @@ class FeedSource:
             warning=warning,
         )
 
-    def _read_body(self, response: requests.Response, url: str, deadline: float) -> bytes:
+    def _read_body(self, response: requests.Response, url: str) -> bytes:
         limit = self._config.max_bytes
         declared = response.headers.get("Content-Length", "")
         # Content-Length counts compressed bytes; if even those exceed the cap, so will the rest.
@@ -144,12 +149,6 @@ class FeedSource:
             size += len(chunk)
             if size > limit:
                 raise self._too_large(url, f"more than {limit:,} bytes received")
-            if time.monotonic() > deadline:
-                raise SourceError(
-                    f"timed out after {self._config.timeout:g}s while reading the response",
-                    source=self.name,
-                    url=url,
-                )
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -195,23 +194,50 @@ class FeedSource:
 # --- requests boundary ---------------------------------------------------------------------------
 
 
+def _deadline_error(limit: deadline.Deadline, source: str, url: str) -> SourceError:
+    return SourceError(
+        f"no complete answer within {limit.seconds:g} s (total deadline)", source=source, url=url
+    )
+
+
+def _check_deadline(limit: deadline.Deadline, source: str, url: str) -> None:
+    if limit.expired:
+        raise _deadline_error(limit, source, url)
+
+
 @contextmanager
-def _requests_errors(source: str, url: str, timeout: float) -> Iterator[None]:
+def _requests_errors(
+    source: str, url: str, timeout: float, limit: deadline.Deadline
+) -> Iterator[None]:
     """Turn ``requests`` exceptions into ``SourceError`` (the only place that catches them)."""
     try:
         yield
-    except requests.Timeout as e:
-        raise SourceError(f"timed out after {timeout:g}s", source=source, url=url) from e
-    except requests.ConnectionError as e:
+    except SourceError:
+        raise
+    except Exception as e:
+        # Once the watchdog cut the connection, whatever the cut raised (a reset, an incomplete
+        # read, a TLS error) is the deadline's doing; so is a per-read timeout that ran past it.
+        if limit.passed:
+            raise _deadline_error(limit, source, url) from e
+        if isinstance(e, requests.RequestException):
+            raise _request_error(e, source, url, timeout) from e
+        raise
+
+
+def _request_error(
+    e: requests.RequestException, source: str, url: str, timeout: float
+) -> SourceError:
+    if isinstance(e, requests.Timeout):
+        return SourceError(f"timed out after {timeout:g}s", source=source, url=url)
+    if isinstance(e, requests.ConnectionError):
         inner = e.args[0] if e.args else None
         # A read timeout while streaming the body surfaces as ConnectionError(ReadTimeoutError).
         if isinstance(inner, urllib3.exceptions.ReadTimeoutError):
-            raise SourceError(f"timed out after {timeout:g}s", source=source, url=url) from e
-        raise SourceError(f"cannot connect: {_connection_reason(e)}", source=source, url=url) from e
-    except requests.TooManyRedirects as e:
-        raise SourceError("too many redirects", source=source, url=url) from e
-    except requests.RequestException as e:
-        raise SourceError(f"request failed: {e}", source=source, url=url) from e
+            return SourceError(f"timed out after {timeout:g}s", source=source, url=url)
+        return SourceError(f"cannot connect: {_connection_reason(e)}", source=source, url=url)
+    if isinstance(e, requests.TooManyRedirects):
+        return SourceError("too many redirects", source=source, url=url)
+    return SourceError(f"request failed: {e}", source=source, url=url)
 
 
 def _connection_reason(e: requests.ConnectionError) -> str:
