@@ -413,6 +413,9 @@ def _parse_json_feed(body: bytes) -> tuple[tuple[EntryData, ...], str | None, st
         raise _Unreadable(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
     except UnicodeDecodeError as e:
         raise _Unreadable(f"JSON Feed is not valid UTF-8: {e.reason}") from e
+    except RecursionError as e:
+        # The C decoder recurses once per nesting level and gives up at the recursion limit.
+        raise _Unreadable("JSON nested too deeply to be a feed") from e
     if not isinstance(doc, dict) or "jsonfeed.org/version/" not in str(doc.get("version", "")):
         raise _Unreadable("not a JSON Feed (no https://jsonfeed.org/version/ in `version`)")
     items = doc.get("items")
