@@ -304,11 +304,18 @@ def _parse_xml_feed(
     # header gives no charset, whatever the media type; feedparser still applies RFC 3023's
     # "text/xml means US-ASCII" rule. So it gets the charset alone, under a neutral media type.
     content_type = "application/xml" + (f"; charset={charset}" if charset else "")
-    parsed = feedparser.parse(
-        io.BytesIO(body),
-        response_headers={"content-type": content_type},
-        sanitize_html=False,
-    )
+    try:
+        parsed = feedparser.parse(
+            io.BytesIO(body),
+            response_headers={"content-type": content_type},
+            sanitize_html=False,
+        )
+    except Exception as e:
+        # feedparser reports most damage as "bozo", but some documents make it raise: a
+        # character reference to a surrogate or past U+10FFFF (ValueError, UnicodeError), an
+        # encoding name with a NUL or bytes that are not UTF-8 in it. Nothing but feedparser runs
+        # inside this call, so whatever it raised is about the document.
+        raise _Unreadable(f"not a readable feed ({type(e).__name__}: {e})") from e
     feed = parsed.get("feed", {})
     entries = parsed.get("entries", [])
     warning = _bozo_message(parsed.get("bozo_exception")) if parsed.get("bozo") else None
