@@ -1,9 +1,10 @@
 """Feed sources: RSS 0.9x/1.0/2.0 and Atom (through feedparser) and JSON Feed 1.0/1.1 (ours).
 
-Owns: downloading a feed over HTTP(S) with the shared ``requests`` session (timeouts, a size cap,
-conditional GET, noticing permanent redirects) or reading it from a local file (with an
-mtime/size validator), telling the formats apart, and mapping what the parsers found to
-``EntryData``. ``requests`` and parsing errors are wrapped here, once, into ``SourceError``.
+Owns: downloading a feed over HTTP(S) with the shared ``requests`` session (a total deadline per
+fetch, see ``deadline``; a size cap; conditional GET; noticing permanent redirects) or reading
+it from a local file (with an mtime/size validator), telling the formats apart, and mapping what
+the parsers found to ``EntryData``. ``requests`` and parsing errors are wrapped here, once, into
+``SourceError``.
 
 Does not own: sanitizing HTML, resolving links, choosing article keys (``newsletter.gather``),
 remembering validators or redirects (``newsletter.storage``), retrying a failed fetch (the next
