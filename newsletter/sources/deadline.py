@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Deadline", "DeadlineAdapter", "limit", "mount"]
 
+_LONGEST_WAIT = 60.0
+
 
 class Deadline:
     """The deadline of one ``limit`` block. ``expired`` turns true once, when it passes."""
@@ -148,10 +150,20 @@ class _Watchdog:
             self._cond.notify()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            # Also after an unexpected error, so the next ``add`` starts a new thread.
+            with self._cond:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
-                while self._heap and self._heap[0][0] > time.monotonic():
-                    self._cond.wait(self._heap[0][0] - time.monotonic())
+                while self._heap and (wait := self._heap[0][0] - time.monotonic()) > 0:
+                    # In slices: Condition.wait refuses timeouts beyond threading.TIMEOUT_MAX.
+                    self._cond.wait(min(wait, _LONGEST_WAIT))
                 if not self._heap:
                     # Nothing left to watch: end the thread; the next ``add`` starts another.
                     self._thread = None
