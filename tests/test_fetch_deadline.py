@@ -8,10 +8,13 @@ real ``Publisher`` on a real SQLite file.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import ssl
 import threading
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import trustme
 from newsletter.config import HttpSettings, SourceConfig
 from newsletter.core import Publisher, make_publisher
 from newsletter.exceptions import SourceError
+from newsletter.sources import deadline
 from newsletter.sources.feed import FeedSource
 from newsletter.types import SourceState
 from newsletter.websub import ping_hub
@@ -46,6 +50,10 @@ def drip_body(conn: socket.socket, pace: Pace) -> None:
 
 def dribble_headers(conn: socket.socket, pace: Pace) -> None:
     pace.drip(conn, HEAD + RSS, 1.0)
+
+
+def dribble_headers_fast(conn: socket.socket, pace: Pace) -> None:
+    pace.drip(conn, HEAD + RSS, 0.2)  # well inside a per-read timeout of 1 s
 
 
 def silence(conn: socket.socket, pace: Pace) -> None:
@@ -175,6 +183,47 @@ def test_a_reused_keep_alive_connection_answers_to_the_next_fetchs_deadline(
         assert time.monotonic() - started < TIMEOUT + SLACK
         assert caught.value.message == "no complete answer within 2 s (total deadline)"
         assert server.connections == 1  # the second fetch did reuse the first connection
+
+
+@pytest.mark.timeout(30)
+def test_a_process_forked_during_a_fetch_has_its_own_watchdog(session: requests.Session) -> None:
+    # The parent is inside a deadline (its watchdog thread running) when it forks; the child has
+    # no such thread, and must start its own for its own fetches.
+    inside, release = threading.Event(), threading.Event()
+
+    def parent_fetch() -> None:
+        with deadline.limit(20):
+            inside.set()
+            release.wait(20)
+
+    holder = threading.Thread(target=parent_fetch)
+    holder.start()
+    inside.wait(5)
+    try:
+        with RawServer(dribble_headers_fast) as slow:
+            config = SourceConfig(name="child", kind="feed", url=slow.url(), timeout=1.0)
+            source = FeedSource(config, session=session, http=HttpSettings())
+            with warnings.catch_warnings():
+                # Python 3.12+ warns about forking a process with threads; that is the point.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # the child: report by exit status, never return into pytest
+                code = 1
+                try:
+                    signal.alarm(10)  # a child whose fetch is never cut must not linger
+                    started = time.monotonic()
+                    try:
+                        source.fetch(SourceState(name="child"))
+                    except SourceError as e:
+                        in_time = time.monotonic() - started < 1.0 + SLACK
+                        code = 0 if in_time and "total deadline" in e.message else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        holder.join()
 
 
 @pytest.fixture(scope="module")

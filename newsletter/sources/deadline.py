@@ -35,6 +35,7 @@ import contextvars
 import heapq
 import itertools
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -149,6 +150,12 @@ class _Watchdog:
             heapq.heapify(self._heap)
             self._cond.notify()
 
+    def _after_fork(self) -> None:
+        # A forked child has none of the parent's threads: neither its fetches nor this one.
+        self._cond = threading.Condition()
+        self._heap = []
+        self._thread = None
+
     def _run(self) -> None:
         try:
             self._loop()
@@ -174,6 +181,7 @@ class _Watchdog:
 
 
 _watchdog = _Watchdog()
+os.register_at_fork(after_in_child=_watchdog._after_fork)
 _current: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar(
     "fetch_deadline", default=None
 )
