@@ -166,7 +166,9 @@ def test_redirect_hops_count_against_one_deadline(
         source.fetch(SourceState(name="hops"))
     assert time.monotonic() - started < TIMEOUT + SLACK
     assert caught.value.message == "no complete answer within 2 s (total deadline)"
-    assert len(server.seen("/hop4")) <= 1 and len(server.seen("/hop0")) == 1
+    # Cut during the third hop (at 2 s of 2.8): the chain was followed, never finished.
+    assert len(server.seen("/hop0")) == len(server.seen("/hop1")) == 1
+    assert server.seen("/hop4") == []
 
 
 @pytest.mark.timeout(30)
