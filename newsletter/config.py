@@ -350,6 +350,8 @@ class _Table:
     def path_value(self, key: str, default: Any = ...) -> Any:
         value = self.text(key, default)
         if isinstance(value, str):
+            if "\x00" in value:  # every file system call would raise ValueError on it
+                raise self.error(key, "a path must not contain a NUL character")
             return self.loader.resolve(value)
         return value
 
@@ -502,12 +504,10 @@ def parse_config(text: str, file: Path | None = None) -> Config:
             "archive_page_size",
             f"must not exceed max_items ({feeds.max_items}), got {feeds.page_size}",
         )
-    if feeds.websub_hub is not None:
-        hub = urlsplit(feeds.websub_hub)
-        if hub.scheme not in ("http", "https") or not hub.netloc:
-            raise feeds_t.error(
-                "websub_hub", f"expected an absolute http(s) URL, got {feeds.websub_hub!r}"
-            )
+    if feeds.websub_hub is not None and not _is_http_url(feeds.websub_hub):
+        raise feeds_t.error(
+            "websub_hub", f"expected an absolute http(s) URL, got {feeds.websub_hub!r}"
+        )
     digest = _digest(root.table("digest"))
     mail = _mail(root.table("mail"))
     storage_t = root.table("storage")
@@ -554,8 +554,7 @@ def _newsletter(t: _Table) -> NewsletterSettings:
         "secret_env",
     )
     site_url = t.text("site_url")
-    parts = urlsplit(site_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not _is_http_url(site_url):
         raise t.error("site_url", f"expected an absolute http(s) URL, got {site_url!r}")
     if not site_url.endswith("/"):
         site_url += "/"
@@ -614,10 +613,8 @@ def _sources(root: _Table, loader: _Loader) -> tuple[SourceConfig, ...]:
             raise t.error("url", "a feed source needs exactly one of `url` or `path`")
         if kind == "folder" and (path is None or url is not None):
             raise t.error("path", "a folder source needs `path` (and no `url`)")
-        if url is not None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise t.error("url", f"expected an http(s) URL, got {url!r}")
+        if url is not None and not _is_http_url(url):
+            raise t.error("url", f"expected an http(s) URL, got {url!r}")
         src = SourceConfig(
             name=name,
             kind=kind,
@@ -709,10 +706,8 @@ def _mail(t: _Table) -> MailSettings:
         if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise t.error(key, "expected the NAME of an environment variable, not a value")
     base_url = t.text("base_url", None)
-    if base_url is not None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise t.error("base_url", f"expected an absolute http(s) URL, got {base_url!r}")
+    if base_url is not None and not _is_http_url(base_url):
+        raise t.error("base_url", f"expected an absolute http(s) URL, got {base_url!r}")
     region = t.text("region", "us")
     if region not in ("us", "eu"):
         raise t.error("region", f'expected "us" or "eu", got {region!r}')
@@ -776,6 +771,8 @@ def _web(t: _Table) -> WebSettings:
     )
     for proxy in proxies:
         try:
+            if not isinstance(proxy, str):  # ip_network(5) would be 0.0.0.5
+                raise TypeError(proxy)
             ipaddress.ip_network(proxy, strict=False)
         except (TypeError, ValueError) as e:
             raise t.error(
@@ -807,15 +804,23 @@ def _web(t: _Table) -> WebSettings:
 
 def _storage_url(t: _Table, loader: _Loader) -> str:
     url = t.text("url", None)
-    path = t.text("path", None)
+    path = t.path_value("path", None)
     if url is not None and path is not None:
         raise t.error("url", "give either `url` or `path`, not both")
     if url is not None:
         if "://" not in url:
             raise t.error("url", f"expected a database URL such as sqlite:///file.db, got {url!r}")
         return str(url)
-    file = loader.resolve(path or "newsletter.db")
+    file = path or loader.resolve("newsletter.db")
     return f"sqlite:///{file}"
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "http://[::1" is an invalid IPv6 URL to urlsplit
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _sqlite_file(url: str) -> Path | None:
