@@ -745,7 +745,10 @@ def _write(path: Path, data: bytes) -> None:
     try:
         atomic_write(path, data)
     except OSError as e:
-        raise NewsletterError(f"cannot write {path}: {e.strerror or e}") from e
+        reason = e.strerror or str(e)
+        if isinstance(e, FileExistsError):  # from mkdir: a file stands where a folder should
+            reason = "a file stands in the way of its folder"
+        raise NewsletterError(f"cannot write {path}: {reason}") from e
 
 
 class _RateColumn(ProgressColumn):

@@ -185,6 +185,23 @@ def test_import_of_an_unreadable_file_is_one_line(example_project: Path, tmp_pat
     assert "is a directory" in result.stderr
 
 
+def test_import_of_a_file_that_fails_on_read_is_one_line(example_project: Path) -> None:
+    # The process's own memory opens fine and fails on the first read (EIO).
+    cfg = str(example_project)
+    result = newsletter("--config", cfg, "subscribers", "import", "/proc/self/mem")
+    assert_clean(result)
+    assert result.returncode == 1
+    assert result.stderr == "error: cannot read /proc/self/mem: Input/output error\n"
+
+
+def test_init_below_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("")
+    result = newsletter("init", str(tmp_path / "plain" / "x.toml"))
+    assert_clean(result)
+    assert result.returncode == 1
+    assert "a file stands in the way of its folder" in result.stderr
+
+
 # --- CSV import and subscriber input -------------------------------------------------------------
 
 
