@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -605,9 +606,13 @@ class Publisher:
         rejected: list[tuple[int, str, str]] = []
         seen: set[str] = set()
         duplicates = 0
-        for line, email, name in _read_csv(path):
+        for line, email, name, problem in _read_csv(path):
+            if problem is not None:
+                rejected.append((line, email, problem))
+                continue
             try:
                 address = validate_address(email)
+                clean = _clean_name(name)
             except SubscriberError as e:
                 rejected.append((line, email, e.message))
                 continue
@@ -615,7 +620,7 @@ class Publisher:
                 duplicates += 1
                 continue
             seen.add(address.lower())
-            good.append((address, _clean_name(name)))
+            good.append((address, clean))
         added, present = self.storage.add_subscribers(good, clock.now())
         return ImportReport(
             added=added, already_present=present + duplicates, rejected=tuple(rejected)
@@ -717,35 +722,74 @@ class Publisher:
         )
 
 
+# Control characters (C0, DEL, C1) and lone surrogates, left in a name once whitespace is
+# folded. A name goes into the To: header and the greeting: a NUL or an ESC there makes every
+# delivery to that subscriber fail, long after the form or the import said yes.
+_NAME_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# What the "surrogateescape" error handler makes of an undecodable byte (PEP 383).
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
 def _clean_name(name: str | None) -> str | None:
+    """A subscriber's name with its whitespace folded (line breaks included: a name ends up in
+    the To: header, and must stay one header). Raises ``SubscriberError`` for a name with any
+    other control character, or with a lone surrogate (no encoder would take it)."""
     if name is None:
         return None
-    # A name ends up in the To: header; folding line breaks keeps it one header.
     cleaned = " ".join(name.split())
+    bad = _NAME_CONTROL.search(cleaned)
+    if bad is not None:
+        shown = bad.group().encode("unicode_escape").decode("ascii")
+        raise SubscriberError(f"a name must not contain control characters (found {shown})")
     return cleaned or None
 
 
-def _read_csv(path: Path) -> Iterator[tuple[int, str, str | None]]:
-    """Yield (line number, email, name) for each data row of a subscribers CSV."""
+def _read_csv(path: Path) -> Iterator[tuple[int, str, str | None, str | None]]:
+    """Yield (line number, email, name, problem) for each data row of a subscribers CSV.
+
+    ``problem`` is why a row could not be read (bytes that are not UTF-8, a malformed CSV
+    record); the row's email is then shown as written, with escapes. One bad row never stops
+    the others. Raises ``SubscriberError`` only when the file cannot be read at all.
+    """
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        # surrogateescape: an undecodable byte becomes a marker in its own row instead of an
+        # exception that would end the whole import.
+        handle = path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
     except OSError as e:
         raise SubscriberError(f"cannot read {path}: {e.strerror}") from e
     with handle:
         reader = csv.reader(handle)
         first = True
-        try:
-            for row in reader:
-                line = reader.line_num
-                if not row or not any(cell.strip() for cell in row):
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                # The reader starts afresh on the next record after an error.
+                first = False
+                yield reader.line_num, "", None, f"not a readable CSV row: {e}"
+                continue
+            except OSError as e:
+                raise SubscriberError(f"cannot read {path}: {e.strerror}") from e
+            line = reader.line_num
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            undecodable = next((m for c in row if (m := _UNDECODABLE.search(c))), None)
+            if undecodable is not None:
+                first = False
+                byte = ord(undecodable.group()) - 0xDC00
+                shown = row[0].strip().encode("utf-8", "surrogateescape")
+                yield (
+                    line,
+                    shown.decode("utf-8", "backslashreplace"),
+                    None,
+                    f"not valid UTF-8 (byte 0x{byte:02x})",
+                )
+                continue
+            if first:
+                first = False
+                if row[0].strip().lower() in ("email", "e-mail", "address", "email address"):
                     continue
-                if first:
-                    first = False
-                    if row[0].strip().lower() in ("email", "e-mail", "address", "email address"):
-                        continue
-                name = row[1].strip() if len(row) > 1 and row[1].strip() else None
-                yield line, row[0].strip(), name
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise SubscriberError(
-                f"{path}: not a readable CSV file: {e}", line=reader.line_num
-            ) from e
+            name = row[1].strip() if len(row) > 1 and row[1].strip() else None
+            yield line, row[0].strip(), name, None
