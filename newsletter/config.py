@@ -174,6 +174,9 @@ class StorageSettings:
 class HttpSettings:
     user_agent: str = "newsletter/0.1 (+https://github.com/newsletter-publisher/newsletter)"
     timeout: float = 20.0
+    # What one item from any source may carry; more is cut with a warning against the source.
+    max_tags_per_item: int = 50
+    max_title_chars: int = 1000
 
 
 @dataclass(frozen=True)
@@ -458,11 +461,18 @@ def parse_config(text: str, file: Path | None = None) -> Config:
     storage_t.allow("url", "path")
     storage = StorageSettings(url=_storage_url(storage_t, loader))
     http_t = root.table("http")
-    http_t.allow("user_agent", "timeout")
+    http_t.allow("user_agent", "timeout", "max_tags_per_item", "max_title_chars")
     http = HttpSettings(
         user_agent=http_t.text("user_agent", HttpSettings.user_agent),
         timeout=float(http_t.number("timeout", HttpSettings.timeout, minimum=0.1)),
+        max_tags_per_item=http_t.number("max_tags_per_item", 50, minimum=0, integer=True),
+        max_title_chars=http_t.number("max_title_chars", 1000, minimum=20, integer=True),
     )
+    # Upper bounds: past these a "cap" caps nothing, and the work grows with what a source
+    # sends (each tag is a feed of its own).
+    for key, most in (("max_tags_per_item", 1000), ("max_title_chars", 100_000)):
+        if getattr(http, key) > most:
+            raise http_t.error(key, f"must be at most {most:,}, got {getattr(http, key)}")
     templates = root.path_value("templates", None)
     if templates is not None and not templates.is_dir():
         raise root.error("templates", f"is not a directory: {templates}")

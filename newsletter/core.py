@@ -25,7 +25,7 @@ from newsletter import clock, rules
 from newsletter.addresses import validate_address
 from newsletter.config import Config
 from newsletter.exceptions import NewsletterError, RenderError, SubscriberError
-from newsletter.gather import gather
+from newsletter.gather import ItemLimits, gather
 from newsletter.mail import make_backend
 from newsletter.mail.base import MailBackend, PreparedContent
 from newsletter.node import Node
@@ -198,6 +198,10 @@ class Publisher:
                 self.storage,
                 progress=progress,
                 stopping=self.stopping,
+                limits=ItemLimits(
+                    max_tags=self.config.http.max_tags_per_item,
+                    max_title_chars=self.config.http.max_title_chars,
+                ),
             )
 
     def build_feeds(self) -> list[Path]:
