@@ -35,6 +35,7 @@ from newsletter.render.feeds import write_feeds
 from newsletter.sending import Reclaimed, StorageLedger, reclaim_expired
 from newsletter.sources import Source, make_source
 from newsletter.storage import Storage, new_digest_uid, open_storage
+from newsletter.text import clean_line
 from newsletter.tokens import ConfirmTokens, TokenError, UnsubscribeTokens
 from newsletter.types import (
     Article,
@@ -572,7 +573,9 @@ class Publisher:
         return MessageContent(
             digest_id=digest_id,
             digest_uid=uid,
-            subject=subject,
+            # Every backend's subject: a digest stored before subjects were scrubbed may
+            # still hold a feed title's control characters.
+            subject=clean_line(subject),
             from_addr=nl.sender,
             html=html,
             text=text,

@@ -234,7 +234,7 @@ def normalize(
     entry: EntryData,
     base_url: str | None,
     *,
-    limits: ItemLimits = ItemLimits(),  # noqa: B008 - frozen, so one shared default is safe
+    limits: ItemLimits = ItemLimits(),
     problems: list[str] | None = None,
 ) -> ArticleData | None:
     """The article an entry describes, or None for an entry with no title, URL or content.
@@ -372,7 +372,7 @@ def gather(
     progress: Callable[[GatherResult], None] | None = None,
     max_workers: int = 8,
     stopping: threading.Event | None = None,
-    limits: ItemLimits = ItemLimits(),  # noqa: B008 - frozen, so one shared default is safe
+    limits: ItemLimits = ItemLimits(),
 ) -> list[GatherResult]:
     """Fetch every source and store what it found. Returns one result per source, in order.
 
@@ -432,7 +432,7 @@ def _fetch(source: Source, state: SourceState, limits: ItemLimits) -> _Fetched |
 
 
 def _normalize_all(
-    name: str, result: FetchResult, limits: ItemLimits = ItemLimits()  # noqa: B008
+    name: str, result: FetchResult, limits: ItemLimits = ItemLimits()
 ) -> tuple[tuple[ArticleData, ...], tuple[str, ...]]:
     """The source's articles, and what normalizing them changed or refused, per item. One
     entry that cannot be normalized is skipped; it never costs the source its other entries."""

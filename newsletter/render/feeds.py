@@ -61,7 +61,7 @@ from newsletter import __version__
 from newsletter.config import FeedSettings, NewsletterSettings
 from newsletter.exceptions import RenderError
 from newsletter.files import atomic_write
-from newsletter.text import html_to_text
+from newsletter.text import clean_line, html_to_text, shorten
 from newsletter.types import Article
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,14 @@ _IMAGE_TYPES = {
 
 _PLAIN_TAG = re.compile(r"[a-z0-9]+(?:[ _-]+[a-z0-9]+)*")
 _SLUG_MAX = 60
+# Bounds on what stored data can make us write, whatever a source sent before gathering
+# capped it: tags listed per item (gather keeps at most ``[http] max_tags_per_item``, 1,000
+# at most), characters of a tag's name, and tag feeds per build. Each tag feed is three
+# documents plus pages, so the tag feeds are what grows: past the cap, the tags that arrived
+# first keep their feeds (a stable choice) and the rest are counted in a warning.
+MAX_ITEM_TAGS = 1000
+MAX_TAG_CHARS = 100
+MAX_TAG_FEEDS = 500
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ class WrittenFeeds:
     paths: tuple[Path, ...]  # feed documents (re)written, current feeds and archive pages
     changed: tuple[str, ...]  # public URLs of the current feeds among them (to ping a hub)
     removed: tuple[Path, ...]  # files of tags that no longer exist, or pages past the end
+    tags_without_feed: int = 0  # tags past MAX_TAG_FEEDS: listed in items, no feed of their own
 
 
 @dataclass(frozen=True)
@@ -194,14 +203,21 @@ def write_feeds(
     main = _Feed.main(newsletter)
     writer.render(_Doc(main, page=None, items=(), prev_page=None, next_page=None))
     everything = _Pager(main, writer, settings)
+    # The tag -> articles index is built in this one pass over the history: each item is
+    # added to its own tags' pagers, so the work is the number of (article, tag) pairs, and
+    # every tag document lists each of its items' few tags, never every tag there is.
     pagers: dict[str, _Pager] = {}  # by tag slug
     tag_names: dict[str, str] = {}
+    without_feed: set[str] = set()
     for article in history:
         item = _Item(article)
         everything.add(item)
         for slug, name in item.tag_slugs:
             pager = pagers.get(slug)
             if pager is None:
+                if len(pagers) >= MAX_TAG_FEEDS:
+                    without_feed.add(slug)
+                    continue
                 # A tag's name is its spelling on the oldest article that carries it: fixed
                 # once written, whatever later articles call it.
                 tag_names[slug] = name
@@ -211,9 +227,18 @@ def write_feeds(
     everything.finish()
     for slug in sorted(pagers):
         pagers[slug].finish()
+    if without_feed:
+        log.warning(
+            "%d tags get no feed of their own: at most %d tag feeds are written (the tags "
+            "that appeared first)",
+            len(without_feed),
+            MAX_TAG_FEEDS,
+        )
     tags = [TagFeed(name=tag_names[slug], slug=slug) for slug in sorted(tag_names)]
     writer.finish_tags(tags)
-    return WrittenFeeds(tuple(writer.written), tuple(writer.changed), tuple(writer.removed))
+    return WrittenFeeds(
+        tuple(writer.written), tuple(writer.changed), tuple(writer.removed), len(without_feed)
+    )
 
 
 # --- what goes where ----------------------------------------------------------------------------
@@ -224,9 +249,11 @@ class _Item:
 
     def __init__(self, article: Article) -> None:
         self.id = _clean(article.uid)
-        self.title = _clean(article.title).strip() or UNTITLED
+        # Titles, names and tags are one line of text: no control character a source sent
+        # (stored before gathering scrubbed them) reaches a reader.
+        self.title = _clean(clean_line(article.title)) or UNTITLED
         self.url = article.url
-        self.author = _clean(article.author or "").strip() or None
+        self.author = _clean(clean_line(article.author or "")) or None
         self.published = _date(article.published)
         # A source that dates an update before the publication is wrong; readers sort by it.
         self.updated = max(_date(article.updated), self.published)
@@ -240,8 +267,8 @@ class _Item:
             text = escape(self.title, quote=False)
             link = f'<a href="{escape(self.url)}">{text}</a>' if self.url else text
             self.content_html = f"<p>{link}</p>"
-        tags = dict.fromkeys(t for t in (_clean(t).strip() for t in article.tags) if t)
-        self.tags = list(tags)
+        tags = dict.fromkeys(t for t in (_tag_name(t) for t in article.tags) if t)
+        self.tags = list(tags)[:MAX_ITEM_TAGS]
         slugs: dict[str, str] = {}
         for tag in self.tags:
             slugs.setdefault(tag_slug(tag), tag)
@@ -455,6 +482,12 @@ def _links(
 
 def _clean(text: str) -> str:
     return _NOT_XML_CHAR.sub("", text)
+
+
+def _tag_name(tag: str) -> str:
+    """A tag as feeds show it (in categories and in its feed's title): one clean line."""
+    name = _clean(clean_line(tag))
+    return name if len(name) <= MAX_TAG_CHARS else shorten(name, MAX_TAG_CHARS)
 
 
 def _tag_key(tag: str) -> str:
