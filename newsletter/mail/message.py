@@ -176,8 +176,8 @@ def _headers(
     # outside (the subject, display names) is scrubbed to one clean line first.
     headers = [
         ("From", _clean_address(shared.from_addr)),
-        ("To", formataddr((clean_line(recipient.name or ""), recipient.email))),
-        ("Subject", clean_line(shared.subject)),
+        ("To", formataddr((_scrub(recipient.name or ""), recipient.email))),
+        ("Subject", _scrub(shared.subject)),
         ("Date", format_datetime(date)),
         ("Message-ID", msg_id),
     ]
@@ -201,9 +201,18 @@ def _headers(
     return headers, raw
 
 
+def _scrub(text: str) -> str:
+    """Header text scrubbed of control characters, except a line break: in a value that
+    reaches this far (the renderer already makes subjects one line) it is a header injection
+    attempt, left in so that the check refuses the message."""
+    return text if "\r" in text or "\n" in text else clean_line(text)
+
+
 def _clean_address(value: str) -> str:
     """A formatted address with its display name scrubbed (the address itself is checked
     as it is: an address with a control character in it is refused, not rewritten)."""
+    if "\r" in value or "\n" in value:
+        return value
     name, addr = parseaddr(value)
     return formataddr((clean_line(name), addr)) if addr else value
 
