@@ -488,7 +488,10 @@ def store_articles(
     another node made first (the same article, gathered at the same moment) is skipped by
     storage and counted as unchanged here: it is that node's news."""
     stored = storage.stored_articles(name, [a.key for a in articles]) if articles else {}
-    writes, unchanged = rules.article_writes(articles, stored, now)
+    # Only articles whose key is not stored can be an old article under a changed id.
+    unknown = [f for a in articles if a.key not in stored and (f := rules.fingerprint(a))]
+    known = storage.known_fingerprints(name, unknown) if unknown else set()
+    writes, unchanged = rules.article_writes(articles, stored, now, known)
     new, updated = storage.store_fetch(
         name, result or FetchResult(), writes, now, backfill=backfill, warning=warning
     )
