@@ -222,7 +222,9 @@ class Publisher:
                 offset += len(batch)
 
         feeds = self.config.feeds
-        written = write_feeds(history(), self.config.newsletter, feeds)
+        written = write_feeds(
+            history(), self.config.newsletter, feeds, max_tags=self.config.http.max_tags_per_item
+        )
         if feeds.websub_hub and written.changed:
             ping_hub(
                 feeds.websub_hub,

@@ -34,7 +34,7 @@ from newsletter import clock, rules
 from newsletter.exceptions import SourceError
 from newsletter.sources import Source
 from newsletter.storage import Storage
-from newsletter.text import clean_line, clean_text, html_to_text, shorten
+from newsletter.text import clean_line, clean_text, has_unsafe_chars, html_to_text, shorten
 from newsletter.types import ArticleData, EntryData, FetchResult, GatherResult, SourceState
 
 log = logging.getLogger(__name__)
@@ -284,6 +284,22 @@ def normalize(
     image = canonical_url(clean_text(entry.image_url), link_base) if entry.image_url else None
     author = clean_line(entry.author or "") or None
     tags = _tags(entry.tags, limits.max_tags, notes)
+    scrubbed = [
+        name
+        for name, value in (
+            ("title", entry.title),
+            ("author", entry.author),
+            ("tags", "".join(entry.tags)),
+            ("summary", entry.summary),
+            ("content", entry.content),
+            ("id", entry.guid),
+            ("link", entry.url),
+        )
+        if value and has_unsafe_chars(value)
+    ]
+    if scrubbed:
+        # Removed, or U+FFFD for a lone surrogate: the rest of the text is kept.
+        notes.append(f"control characters or lone surrogates removed from {', '.join(scrubbed)}")
     if notes and problems is not None:
         problems.append(f"item {item_label(entry)}: " + ", ".join(notes))
     return ArticleData(
@@ -329,10 +345,11 @@ def _clamp(
     try:
         utc = value.astimezone(UTC)
     except OverflowError:
-        utc = low if value.year < 5000 else high
-    if low <= utc <= high:
-        return utc
-    clamped = low if utc < low else high
+        clamped = low if value.year < 5000 else high
+    else:
+        if low <= utc <= high:
+            return utc
+        clamped = low if utc < low else high
     notes.append(f"{name} {value.isoformat()} out of range, clamped to {clamped.date()}")
     return clamped
 

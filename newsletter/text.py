@@ -26,6 +26,11 @@ _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _BREAKS = re.compile("[\t\n\r\u2028\u2029]")
 
 
+def has_unsafe_chars(text: str) -> bool:
+    """Whether ``clean_text`` would change ``text``."""
+    return bool(_SURROGATE.search(text) or _CONTROL.search(text))
+
+
 def clean_text(text: str) -> str:
     """``text`` with lone surrogates replaced by U+FFFD and control characters removed;
     tabs and line breaks are kept."""

@@ -116,11 +116,12 @@ _IMAGE_TYPES = {
 _PLAIN_TAG = re.compile(r"[a-z0-9]+(?:[ _-]+[a-z0-9]+)*")
 _SLUG_MAX = 60
 # Bounds on what stored data can make us write, whatever a source sent before gathering
-# capped it: tags listed per item (gather keeps at most ``[http] max_tags_per_item``, 1,000
-# at most), characters of a tag's name, and tag feeds per build. Each tag feed is three
-# documents plus pages, so the tag feeds are what grows: past the cap, the tags that arrived
-# first keep their feeds (a stable choice) and the rest are counted in a warning.
-MAX_ITEM_TAGS = 1000
+# capped it: tags listed per item (``write_feeds(max_tags=...)``, the same
+# ``[http] max_tags_per_item`` that gathering applies), characters of a tag's name, and tag
+# feeds per build. Each tag feed is three documents plus pages, so the tag feeds are what
+# grows: past the cap, the tags that arrived first keep their feeds (a stable choice) and the
+# rest are counted in a warning.
+MAX_ITEM_TAGS = 50
 MAX_TAG_CHARS = 100
 MAX_TAG_FEEDS = 500
 
@@ -187,7 +188,11 @@ def read_tag_index(output_dir: Path) -> list[TagFeed]:
 
 
 def write_feeds(
-    history: Iterable[Article], newsletter: NewsletterSettings, settings: FeedSettings
+    history: Iterable[Article],
+    newsletter: NewsletterSettings,
+    settings: FeedSettings,
+    *,
+    max_tags: int = MAX_ITEM_TAGS,
 ) -> WrittenFeeds:
     """Write every feed and archive page into ``settings.output_dir`` from ``history``.
 
@@ -195,9 +200,10 @@ def write_feeds(
     ``Storage.articles_page`` returns them; it is read once, and only the pages being built
     are held in memory. A file whose content did not change is left alone (and its mtime
     with it). Pages past the last full one and the folders of tags no article carries any
-    more are deleted. Raises ``RenderError`` when feedgen refuses the data: the newsletter's
-    own fields are checked before anything is written. Raises ``OSError`` when a file cannot
-    be written or removed.
+    more are deleted. An item lists (and gets a tag feed for) its first ``max_tags`` tags;
+    at most ``MAX_TAG_FEEDS`` tags get a feed. Raises ``RenderError`` when feedgen refuses
+    the data: the newsletter's own fields are checked before anything is written. Raises
+    ``OSError`` when a file cannot be written or removed.
     """
     writer = _Writer(newsletter, settings)
     main = _Feed.main(newsletter)
@@ -210,7 +216,7 @@ def write_feeds(
     tag_names: dict[str, str] = {}
     without_feed: set[str] = set()
     for article in history:
-        item = _Item(article)
+        item = _Item(article, max_tags)
         everything.add(item)
         for slug, name in item.tag_slugs:
             pager = pagers.get(slug)
@@ -247,7 +253,7 @@ def write_feeds(
 class _Item:
     """One article's feed fields, cleaned once and shared by every document that lists it."""
 
-    def __init__(self, article: Article) -> None:
+    def __init__(self, article: Article, max_tags: int = MAX_ITEM_TAGS) -> None:
         self.id = _clean(article.uid)
         # Titles, names and tags are one line of text: no control character a source sent
         # (stored before gathering scrubbed them) reaches a reader.
@@ -268,7 +274,7 @@ class _Item:
             link = f'<a href="{escape(self.url)}">{text}</a>' if self.url else text
             self.content_html = f"<p>{link}</p>"
         tags = dict.fromkeys(t for t in (_tag_name(t) for t in article.tags) if t)
-        self.tags = list(tags)[:MAX_ITEM_TAGS]
+        self.tags = list(tags)[:max_tags]
         slugs: dict[str, str] = {}
         for tag in self.tags:
             slugs.setdefault(tag_slug(tag), tag)
