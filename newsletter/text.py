@@ -19,9 +19,9 @@ TEXT_WIDTH = 72  # RFC 3676 suggests <= 78; 72 leaves room for quoting ("> ") in
 # surrogate in a str is a lone one.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Control characters in text that may span lines (HTML, summaries): C0 except tab, newline and
-# carriage return, DEL, and C1. NUL is refused by PostgreSQL, the others by XML 1.0 or by
-# every terminal and mail header they reach.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# carriage return, DEL, and C1; and the noncharacters U+FFFE and U+FFFF. NUL is refused by
+# PostgreSQL, most of the others by XML 1.0 (lxml) or by every terminal and mail header.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
 # On one line (titles, names, tags, headers) tabs and line breaks become spaces.
 _BREAKS = re.compile("[\t\n\r\u2028\u2029]")
 

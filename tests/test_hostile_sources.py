@@ -438,6 +438,34 @@ def test_the_digest_fits_the_budget_whatever_the_articles(
     assert len(msg.as_bytes()) <= 2 * GMAIL_CLIP  # text part beside it, never the 424 KB seen
 
 
+def test_rows_stored_before_scrubbing_still_render(tmp_path: Path) -> None:
+    # Articles stored by an older version, before gathering scrubbed what sources send:
+    # neither the feed build nor the digest may stop at them.
+    config = make_config(tmp_path)
+    bad = "x\x00\x01\ufffe\ud800y"
+    articles = [
+        make_article(
+            0,
+            title=bad,
+            summary=f"<p>{bad}</p>",
+            content=f"<p>{bad}</p>",
+            url="https://e.com/" + bad,
+            image_url="https://e.com/a" + bad + ".png",
+            author=bad,
+            tags=(bad,),
+        ),
+        make_article(1),
+    ]
+    write_feeds(articles, config.newsletter, config.feeds)
+    for path in config.feeds.output_dir.rglob("*"):
+        if path.name in FEED_FILES:
+            assert check_file(path) == [], path
+    rendered = DigestRenderer(config).render(articles, now=NOW)
+    assert [a.id for a in rendered.articles] == [1, 2]
+    rendered.html.encode()
+    assert not _CONTROL_RE.search(rendered.subject + rendered.html)
+
+
 # --- unstable ids --------------------------------------------------------------------------------
 
 

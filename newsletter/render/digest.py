@@ -33,7 +33,7 @@ from premailer import Premailer
 from newsletter.config import Config
 from newsletter.exceptions import RenderError
 from newsletter.render import personalize
-from newsletter.text import clean_line, html_to_text, shorten, wrap_text
+from newsletter.text import clean_line, clean_text, html_to_text, shorten, wrap_text
 from newsletter.types import Article
 
 log = logging.getLogger(__name__)
@@ -331,7 +331,9 @@ class _OverridesLoader(jinja2.BaseLoader):
 def _trimmed(article: Article) -> Article:
     """``article`` as a digest shows it: each field held to a size that a source cannot
     inflate, and no character that does not belong in a line of text."""
-    summary = article.summary
+    # Stored text is clean since gathering scrubs it, but rows stored before then may hold a
+    # NUL or a lone surrogate, which lxml (premailer) and every encoder refuse.
+    summary = clean_text(article.summary)
     if len(summary) > SUMMARY_HTML_MAX:
         # The excerpt needs the first few hundred characters of text; parsing a megabyte of
         # markup for them would cost seconds per article.
@@ -341,11 +343,10 @@ def _trimmed(article: Article) -> Article:
         article,
         title=_cut(clean_line(article.title), TITLE_MAX),
         author=_cut(clean_line(article.author), AUTHOR_MAX) or None if article.author else None,
-        url=article.url if article.url and len(article.url) <= URL_MAX else None,
-        image_url=(
-            article.image_url if article.image_url and len(article.image_url) <= URL_MAX else None
-        ),
+        url=_link(article.url),
+        image_url=_link(article.image_url),
         summary=summary,
+        content=clean_text(article.content),
         tags=tags,
     )
 
@@ -361,6 +362,10 @@ def _compact(article: Article) -> Article:
         image_url=None,
         tags=article.tags[:1],
     )
+
+
+def _link(url: str | None) -> str | None:
+    return clean_text(url) if url and len(url) <= URL_MAX else None
 
 
 def _cut(text: str, limit: int) -> str:

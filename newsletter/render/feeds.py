@@ -258,7 +258,7 @@ class _Item:
         # Titles, names and tags are one line of text: no control character a source sent
         # (stored before gathering scrubbed them) reaches a reader.
         self.title = _clean(clean_line(article.title)) or UNTITLED
-        self.url = article.url
+        self.url = _clean(article.url) if article.url else None
         self.author = _clean(clean_line(article.author or "")) or None
         self.published = _date(article.published)
         # A source that dates an update before the publication is wrong; readers sort by it.
@@ -279,7 +279,8 @@ class _Item:
         for tag in self.tags:
             slugs.setdefault(tag_slug(tag), tag)
         self.tag_slugs = list(slugs.items())
-        self.image_url = article.image_url if _is_web_url(article.image_url) else None
+        image = _clean(article.image_url) if article.image_url else None
+        self.image_url = image if _is_web_url(image) else None
         suffix = Path(urlsplit(self.image_url).path).suffix.lower() if self.image_url else ""
         self.image_type = _IMAGE_TYPES.get(suffix)
 
