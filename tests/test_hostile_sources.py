@@ -244,6 +244,55 @@ def test_an_entry_that_breaks_normalizing_is_skipped_alone(clock: list[datetime]
     assert line.startswith("item https://e.com/broken: skipped (TypeError")
 
 
+def test_many_bad_items_make_one_warning_line(
+    tmp_path: Path, server: LoopbackServer, clock: list[datetime]
+) -> None:
+    items = [json_item(f"n{i}", date_published="0001-01-01T00:00:00+14:00") for i in range(20)] + [
+        json_item("fine")
+    ]
+    url = server.route("/many.json", Reply(body=json_feed(*items)))
+    publisher = open_publisher(write_project(tmp_path, {"Many": url}))
+    try:
+        (result,) = publisher.gather()
+        assert result.ok and result.new == 21
+        warning = warnings(publisher)["Many"] or ""
+        assert "\n" not in warning and len(warning) < 1000
+        assert warning.count("out of range") == 5
+        assert warning.startswith("item https://n0.example.com/post: published")
+        assert warning.endswith("; and 15 more items")
+    finally:
+        publisher.close()
+
+
+def test_a_folder_file_that_breaks_its_parser_is_skipped_alone(
+    tmp_path: Path, clock: list[datetime]
+) -> None:
+    folder = tmp_path / "articles"
+    folder.mkdir()
+    # YAML reads 0000-01-01 as a date and fails outside its own error type (ValueError).
+    (folder / "zero.md").write_text("---\ntitle: Zero\ndate: 0000-01-01\n---\nBody\n")
+    (folder / "far.md").write_text("---\ntitle: Far\ndate: 9999-12-31\n---\nBody\n")
+    (folder / "good.md").write_text("---\ntitle: Good\ndate: 2026-11-21\n---\nBody\n")
+    config = write_project(tmp_path, {})
+    config.write_text(
+        config.read_text().replace(
+            "[feeds]", '[[sources]]\nname = "Desk"\nkind = "folder"\npath = "articles"\n\n[feeds]'
+        )
+    )
+    publisher = open_publisher(config)
+    try:
+        (result,) = publisher.gather()
+        assert result.ok and result.new == 2
+        warning = warnings(publisher)["Desk"] or ""
+        assert "skipped 1 file: zero.md: ValueError" in warning
+        assert "item folder:far.md: published 9999-12-31T00:00:00+00:00 out of range" in warning
+        titles = {a.title: a for a in publisher.storage.recent_articles(5)}
+        assert sorted(titles) == ["Far", "Good"]
+        assert titles["Far"].published <= NOW
+    finally:
+        publisher.close()
+
+
 # --- the two limits in the config ----------------------------------------------------------------
 
 
@@ -312,17 +361,22 @@ def test_stored_articles_with_too_many_tags_are_bounded_when_feeds_are_built(
     tmp_path: Path,
 ) -> None:
     # Stored before gathering capped tags (or with a cap raised since): the feed build holds
-    # its own bounds: tags per item, the tag's name, and the number of tag feeds.
+    # its own bounds: tags per item, the tag's name, and the number of tag feeds (500 by
+    # default; 40 here, to keep the test quick).
+    assert MAX_TAG_FEEDS == 500
     config = make_config(tmp_path)
-    tags = (*tuple(f"topic {i}\x1b[0m" for i in range(MAX_TAG_FEEDS + 200)), "z" * 5000)
-    articles = [make_article(n, tags=tags[n * 50 : n * 50 + 50] + tags[-1:]) for n in range(15)]
-    written = write_feeds(articles, config.newsletter, config.feeds, max_tags=60)
-    assert written.tags_without_feed == 200 + 1
+    tags = (*(f"topic {i}\x1b[0m" for i in range(70)), "z" * 5000)
+    # The long tag first on every article, then ten topics of its own: 1 + 7 * 7 tags kept.
+    articles = [make_article(n, tags=(tags[-1], *tags[n * 10 : n * 10 + 10])) for n in range(7)]
+    written = write_feeds(articles, config.newsletter, config.feeds, max_tags=8, max_tag_feeds=40)
+    assert written.tags_without_feed == 1 + 7 * 7 - 40
     tag_dirs = [p for p in (config.feeds.output_dir / "tags").iterdir() if p.is_dir()]
-    assert len(tag_dirs) == MAX_TAG_FEEDS
-    for tag_dir in tag_dirs[:20]:
+    assert len(tag_dirs) == 40
+    for tag_dir in tag_dirs:
         rss_bytes = (tag_dir / "rss.xml").read_bytes()
         assert b"\x1b" not in rss_bytes
+        for item in re.findall(rb"<item>.*?</item>", rss_bytes, re.S):
+            assert item.count(b"<category>") <= 8
         channel_title = re.search(rb"<title>(.*?)</title>", rss_bytes)
         assert channel_title is not None and len(channel_title.group(1)) < 200
 

@@ -193,6 +193,7 @@ def write_feeds(
     settings: FeedSettings,
     *,
     max_tags: int = MAX_ITEM_TAGS,
+    max_tag_feeds: int = MAX_TAG_FEEDS,
 ) -> WrittenFeeds:
     """Write every feed and archive page into ``settings.output_dir`` from ``history``.
 
@@ -201,7 +202,7 @@ def write_feeds(
     are held in memory. A file whose content did not change is left alone (and its mtime
     with it). Pages past the last full one and the folders of tags no article carries any
     more are deleted. An item lists (and gets a tag feed for) its first ``max_tags`` tags;
-    at most ``MAX_TAG_FEEDS`` tags get a feed. Raises ``RenderError`` when feedgen refuses
+    at most ``max_tag_feeds`` tags get a feed. Raises ``RenderError`` when feedgen refuses
     the data: the newsletter's own fields are checked before anything is written. Raises
     ``OSError`` when a file cannot be written or removed.
     """
@@ -221,7 +222,7 @@ def write_feeds(
         for slug, name in item.tag_slugs:
             pager = pagers.get(slug)
             if pager is None:
-                if len(pagers) >= MAX_TAG_FEEDS:
+                if len(pagers) >= max_tag_feeds:
                     without_feed.add(slug)
                     continue
                 # A tag's name is its spelling on the oldest article that carries it: fixed
@@ -238,7 +239,7 @@ def write_feeds(
             "%d tags get no feed of their own: at most %d tag feeds are written (the tags "
             "that appeared first)",
             len(without_feed),
-            MAX_TAG_FEEDS,
+            max_tag_feeds,
         )
     tags = [TagFeed(name=tag_names[slug], slug=slug) for slug in sorted(tag_names)]
     writer.finish_tags(tags)
