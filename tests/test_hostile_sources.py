@@ -523,6 +523,23 @@ def test_rows_stored_before_scrubbing_still_render(tmp_path: Path) -> None:
 # --- unstable ids --------------------------------------------------------------------------------
 
 
+def test_rules_take_a_known_fingerprint_under_a_new_key_as_unchanged() -> None:
+    from newsletter.rules import article_writes, content_hash, fingerprint
+    from newsletter.types import ArticleData
+
+    def data(key: str, url: str | None, title: str = "T") -> ArticleData:
+        return ArticleData("s", key, title, url, None, NOW, NOW, "", "<p>x</p>")
+
+    moved = data("guid-2", "https://e.com/a")
+    edited = data("guid-3", "https://e.com/a", title="Edited")
+    linkless = data("guid-4", None)
+    known = {(moved.url or "", content_hash(moved)), ("", content_hash(linkless))}
+    assert fingerprint(linkless) is None
+    writes, unchanged = article_writes([moved, edited, linkless], {}, NOW, known)
+    assert unchanged == 1
+    assert [w.data.key for w in writes] == ["guid-3", "guid-4"]
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
     if request.param == "sqlite":
