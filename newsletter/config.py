@@ -182,6 +182,9 @@ class StorageSettings:
 class HttpSettings:
     user_agent: str = "newsletter/0.1 (+https://github.com/newsletter-publisher/newsletter)"
     timeout: float = 20.0
+    # What one item from any source may carry; more is cut with a warning against the source.
+    max_tags_per_item: int = 50
+    max_title_chars: int = 1000
 
 
 @dataclass(frozen=True)
@@ -515,10 +518,18 @@ def parse_config(text: str, file: Path | None = None) -> Config:
     storage = StorageSettings(url=_storage_url(storage_t, loader))
     _check_output_dir(feeds_t, feeds.output_dir, file, _sqlite_file(storage.url))
     http_t = root.table("http")
-    http_t.allow("user_agent", "timeout")
+    http_t.allow("user_agent", "timeout", "max_tags_per_item", "max_title_chars")
     http = HttpSettings(
         user_agent=http_t.text("user_agent", HttpSettings.user_agent),
         timeout=float(http_t.number("timeout", HttpSettings.timeout, minimum=0.1, maximum=_HOUR_S)),
+        # Past these upper bounds a "cap" caps nothing, and the work grows with what a source
+        # sends (each tag is a feed of its own).
+        max_tags_per_item=http_t.number(
+            "max_tags_per_item", 50, minimum=0, maximum=1000, integer=True
+        ),
+        max_title_chars=http_t.number(
+            "max_title_chars", 1000, minimum=20, maximum=100_000, integer=True
+        ),
     )
     templates = root.path_value("templates", None)
     if templates is not None and not templates.is_dir():

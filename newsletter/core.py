@@ -26,7 +26,7 @@ from newsletter import clock, rules
 from newsletter.addresses import validate_address
 from newsletter.config import Config
 from newsletter.exceptions import NewsletterError, RenderError, SubscriberError
-from newsletter.gather import gather
+from newsletter.gather import ItemLimits, gather
 from newsletter.mail import make_backend
 from newsletter.mail.base import MailBackend, PreparedContent
 from newsletter.node import Node
@@ -36,6 +36,7 @@ from newsletter.render.feeds import write_feeds
 from newsletter.sending import Reclaimed, StorageLedger, reclaim_expired
 from newsletter.sources import Source, make_source
 from newsletter.storage import Storage, new_digest_uid, open_storage
+from newsletter.text import clean_line
 from newsletter.tokens import ConfirmTokens, TokenError, UnsubscribeTokens
 from newsletter.types import (
     Article,
@@ -199,6 +200,10 @@ class Publisher:
                 self.storage,
                 progress=progress,
                 stopping=self.stopping,
+                limits=ItemLimits(
+                    max_tags=self.config.http.max_tags_per_item,
+                    max_title_chars=self.config.http.max_title_chars,
+                ),
             )
 
     def build_feeds(self) -> list[Path]:
@@ -218,7 +223,9 @@ class Publisher:
                 offset += len(batch)
 
         feeds = self.config.feeds
-        written = write_feeds(history(), self.config.newsletter, feeds)
+        written = write_feeds(
+            history(), self.config.newsletter, feeds, max_tags=self.config.http.max_tags_per_item
+        )
         if feeds.websub_hub and written.changed:
             ping_hub(
                 feeds.websub_hub,
@@ -569,7 +576,9 @@ class Publisher:
         return MessageContent(
             digest_id=digest_id,
             digest_uid=uid,
-            subject=subject,
+            # Every backend's subject: a digest stored before subjects were scrubbed may
+            # still hold a feed title's control characters.
+            subject=clean_line(subject),
             from_addr=nl.sender,
             html=html,
             text=text,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -48,21 +48,38 @@ def content_hash(a: ArticleData) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def fingerprint(a: ArticleData) -> tuple[str, str] | None:
+    """What identifies an article whose id cannot be trusted: its canonical link and content
+    hash. None without a link: content alone is not an identity (two link-less posts may say
+    the same thing)."""
+    return (a.url, content_hash(a)) if a.url else None
+
+
 def article_writes(
-    articles: Iterable[ArticleData], stored: Mapping[str, StoredArticleState], now: datetime
+    articles: Iterable[ArticleData],
+    stored: Mapping[str, StoredArticleState],
+    now: datetime,
+    known: Collection[tuple[str, str]] = frozenset(),
 ) -> tuple[list[ArticleWrite], int]:
     """What to store of a fetch: (writes, unchanged count).
 
     A new article without a date, or dated in the future, is dated when we first saw it: the
     honest time. A changed one keeps its stored date unless the source now gives a past one,
     and its ``updated`` is the source's (past) value or now, never before ``published``.
+
+    An article under a key not stored whose ``fingerprint`` is in ``known`` (the source
+    already has an article with that link and content) is the same article under an id that
+    changed: unchanged, not new. Some feeds make a fresh guid on every request; each fetch
+    would otherwise be "news" and send a digest of nothing new.
     """
     writes: list[ArticleWrite] = []
     unchanged = 0
     for a in articles:
         digest = content_hash(a)
         old = stored.get(a.key)
-        if old is None:
+        if old is None and a.url and (a.url, digest) in known:
+            unchanged += 1
+        elif old is None:
             published = a.published if a.published and a.published <= now else now
             updated = max(a.updated or published, published)
             writes.append(ArticleWrite(a, published, updated, digest))

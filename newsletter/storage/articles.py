@@ -69,6 +69,27 @@ class ArticlesMixin(StorageBase):
                     found[r.key] = StoredArticleState(r.id, r.key, r.content_hash, r.published)
         return found
 
+    def known_fingerprints(
+        self, source: str, fingerprints: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        a = s.articles.c
+        wanted = set(fingerprints)
+        hashes = sorted({h for _, h in wanted})
+        found: set[tuple[str, str]] = set()
+        with self._tx() as conn:
+            # By hash first (it is nearly unique), then the link is compared here: the
+            # (source, key) index narrows the scan to the source's own rows.
+            for start in range(0, len(hashes), 500):
+                rows = conn.execute(
+                    select(a.url, a.content_hash).where(
+                        a.source == source, a.content_hash.in_(hashes[start : start + 500])
+                    )
+                ).all()
+                found.update(
+                    (r.url, r.content_hash) for r in rows if (r.url, r.content_hash) in wanted
+                )
+        return found
+
     def store_fetch(
         self,
         name: str,

@@ -65,6 +65,13 @@ class Storage(Protocol):
     def stored_articles(self, source: str, keys: Sequence[str]) -> dict[str, StoredArticleState]:
         """What is stored of the source's articles with these keys, by key."""
 
+    def known_fingerprints(
+        self, source: str, fingerprints: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Which of these (canonical URL, content hash) pairs one of the source's stored
+        articles has, whatever its key: how an entry whose id changes on every fetch is
+        recognized as an article already stored."""
+
     def store_fetch(
         self,
         name: str,
