@@ -213,6 +213,11 @@ def test_malformed_provider_payloads_are_400_with_a_reason(
             site.url + "/webhooks/mailgun", json=mailgun_payload(event), timeout=10
         )
         assert response.status_code == 200 and response.json() == {"suppressed": 0, "ignored": 0}
+    for odd in ({"RecordType": "Bounce", "Type": []}, {"RecordType": ["Bounce"], "Email": 1}):
+        response = requests.post(
+            site.url + "/webhooks/postmark", json=odd, auth=(PM_USER, PM_PASSWORD), timeout=10
+        )
+        assert response.status_code == 200 and response.json() == {"suppressed": 0, "ignored": 0}
     for payload in ({"signature": "nope", "event-data": {}}, [1, 2], {"event-data": []}):
         response = requests.post(site.url + "/webhooks/mailgun", json=payload, timeout=10)
         assert response.status_code in (400, 403) and response.json()["error"], payload

@@ -120,7 +120,7 @@ def postmark_suppressions(event: Any) -> list[Suppression]:
         raise Refused(400, "expected a JSON object")
     record, kind = event.get("RecordType"), event.get("Type")
     details = str(event.get("Description") or event.get("Details") or kind or record or "")
-    if record == "Bounce" and kind in _POSTMARK_HARD:
+    if record == "Bounce" and isinstance(kind, str) and kind in _POSTMARK_HARD:
         return _one(event.get("Email"), BOUNCED, f"postmark {kind}: {details}")
     if record == "SpamComplaint" or (record == "Bounce" and kind == "SpamComplaint"):
         return _one(event.get("Email"), COMPLAINED, f"postmark spam complaint: {details}")
