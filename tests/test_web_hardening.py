@@ -377,6 +377,18 @@ def test_redirects_use_the_site_url_whatever_host_is_claimed(example_project: Pa
         assert final.status_code == 200 and final.url == site.url + "/subscribe"
 
 
+def test_a_redirect_without_a_readable_config_is_503(example_project: Path) -> None:
+    with running_site(example_project) as site:
+        good = site.config.read_text()
+        site.config.write_text(good.replace("[newsletter]", "[newsletter\n", 1))
+        for path in ("/", "/subscribe/", "/archive"):
+            response = requests.get(site.url + path, allow_redirects=False, timeout=10)
+            assert response.status_code == 503 and "location" not in response.headers, path
+        site.config.write_text(good)
+        response = requests.get(site.url + "/", allow_redirects=False, timeout=10)
+        assert response.headers["location"] == site.url + "/subscribe"
+
+
 def test_on_site_keeps_path_query_and_the_site_prefix() -> None:
     base = "https://news.example.org/weekly/"
     assert on_site("http://evil.example/subscribe?x=1#f", request_path="/", site_url=base) == (
