@@ -7,7 +7,9 @@
 - ``/``: a redirect to the subscribe page.
 
 Behind a reverse proxy, the ``X-Forwarded-*`` headers of the peers in ``[web]
-trusted_proxies`` are applied first (``web.proxy``); the list is read at start.
+trusted_proxies`` are applied first (``web.proxy``); the list is read at start. Every
+redirect is then put under ``[newsletter] site_url`` (``web.redirects``), and every request
+body is bounded in size and time before an endpoint reads it (``web.limits``).
 
 Owns: assembling the public app and running it. Does not own any endpoint's behaviour.
 """
@@ -29,7 +31,9 @@ from newsletter.exceptions import NewsletterError
 from newsletter.render.feeds import ATOM_FILE, JSON_FILE, RSS_FILE
 from newsletter.web import static, subscription, webhooks
 from newsletter.web.app import Concern, create_app
+from newsletter.web.limits import BodyLimits
 from newsletter.web.proxy import TrustedProxies
+from newsletter.web.redirects import SiteRedirects
 from newsletter.web.server import bind, make_server
 from newsletter.web.site import Site
 
@@ -77,9 +81,15 @@ def create_public_app(config_file: Path, *, trusted_proxies: tuple[str, ...]) ->
     app = create_app(
         config_file,
         concerns=CONCERNS,
-        middleware=[Middleware(TrustedProxies, trusted=trusted_proxies)],
+        middleware=[Middleware(TrustedProxies, trusted=trusted_proxies), Middleware(BodyLimits)],
     )
     site: Site = app.state.site
+
+    def site_url() -> str:
+        return site.publisher().config.newsletter.site_url
+
+    # Outermost: whatever makes a redirect, the router included, is rewritten.
+    app.add_middleware(SiteRedirects, site_url=site_url)
 
     def warm_up() -> None:
         # Open (and migrate) the database at start rather than inside the first request;
