@@ -44,8 +44,9 @@ class Storage(Protocol):
     def close(self) -> None:
         """Release the connections. The object is not used afterwards."""
 
-    def ping(self) -> None:
-        """Answer a trivial query, or raise ``StorageError``."""
+    def ping(self, *, timeout: float | None = None) -> None:
+        """Answer a trivial query in a read-only transaction (which never waits for a writer),
+        or raise ``StorageError``; ``timeout`` (seconds) bounds any wait it may still meet."""
 
     # --- meta ------------------------------------------------------------------------------------
 

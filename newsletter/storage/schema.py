@@ -28,6 +28,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     func,
+    inspect,
     select,
     text,
 )
@@ -399,6 +400,14 @@ VERSION = 1 + len(MIGRATIONS)
 # pg_advisory_xact_lock key for migrations: any number of nodes may start at once on an empty
 # database; the first creates the schema, the others wait for its commit and find it there.
 MIGRATION_LOCK = 0x6E6C5F6D6967  # "nl_mig"
+
+
+def current_version(conn: Connection) -> int:
+    """The stored schema version; 0 for an empty database. Only reads."""
+    if not inspect(conn).has_table(meta.name):
+        return 0
+    row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
+    return 0 if row is None else int(row.value)
 
 
 def migrate(conn: Connection) -> tuple[int, int]:
