@@ -13,6 +13,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -24,7 +25,14 @@ import requests
 from newsletter import clock, rules
 from newsletter.addresses import validate_address
 from newsletter.config import Config
-from newsletter.exceptions import NewsletterError, RenderError, SubscriberError
+from newsletter.exceptions import (
+    NewsletterError,
+    OutputError,
+    RenderError,
+    SubscriberError,
+    os_reason,
+)
+from newsletter.files import remove_leftover_temp_files
 from newsletter.gather import gather
 from newsletter.mail import make_backend
 from newsletter.mail.base import MailBackend, PreparedContent
@@ -124,6 +132,7 @@ class Publisher:
         self.command = command
         # Set by a signal (see ``cli``): claim nothing more, finish what is on the wire.
         self.stopping = threading.Event()
+        self._tidied = False  # leftover temporary files in the output folder removed
 
     def close(self) -> None:
         if "node" in self.__dict__:
@@ -206,9 +215,15 @@ class Publisher:
         archive of the digests.
 
         Returns the files (re)written; unchanged files are left untouched. A hub that refuses
-        or cannot be reached is logged and does not fail the build.
+        or cannot be reached is logged and does not fail the build. Raises ``OutputError``
+        naming the path when a file cannot be written (a full disk, a read-only folder).
         """
         storage = self.storage
+        if not self._tidied:
+            # Once per process: a build killed mid-write left temporary files (feeds, tag
+            # feeds, archive pages); only those whose writer is gone are removed.
+            remove_leftover_temp_files(self.config.feeds.output_dir)
+            self._tidied = True
 
         def history() -> Iterator[Article]:
             offset = 0
@@ -217,7 +232,8 @@ class Publisher:
                 offset += len(batch)
 
         feeds = self.config.feeds
-        written = write_feeds(history(), self.config.newsletter, feeds)
+        with _writing("feeds not written", feeds.output_dir):
+            written = write_feeds(history(), self.config.newsletter, feeds)
         if feeds.websub_hub and written.changed:
             ping_hub(
                 feeds.websub_hub,
@@ -235,9 +251,10 @@ class Publisher:
         digests = self.storage.list_digests()
         if not digests:
             return []
-        return archive.write_archive(
-            digests, renderer=self.renderer, output_dir=self.config.feeds.output_dir
-        )
+        with _writing("archive not written", self.config.feeds.output_dir):
+            return archive.write_archive(
+                digests, renderer=self.renderer, output_dir=self.config.feeds.output_dir
+            )
 
     # --- digests ---------------------------------------------------------------------------------
 
@@ -479,7 +496,7 @@ class Publisher:
         next ``build_feeds`` (``newsletter feeds``, every scheduled gather) writes it again."""
         try:
             self.write_archive()
-        except (OSError, RenderError) as e:
+        except (OutputError, RenderError) as e:
             log.error("digest %d: the web archive was not written: %s", digest.number, e)
 
     def plan_send(self, *, force: bool = False, resend_uncertain: bool = False) -> SendPlan:
@@ -715,6 +732,16 @@ class Publisher:
             nodes=tuple(self.storage.nodes_seen_since(clock.now() - 2 * lease)),
             uncertain_digest=self.storage.uncertain_digest(),
         )
+
+
+@contextmanager
+def _writing(what: str, folder: Path) -> Iterator[None]:
+    """Turn a failed file write into ``OutputError`` naming the path (the folder when the
+    operating system does not say which file) and its reason ("No space left on device")."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(what, path=e.filename or folder, reason=os_reason(e)) from e
 
 
 def _clean_name(name: str | None) -> str | None:
