@@ -129,7 +129,7 @@ class StorageBase:
             with self.engine.connect() as conn:
                 conn.execution_options(**self._read_options())
                 if timeout is not None and self.dialect == "sqlite":
-                    conn.exec_driver_sql(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+                    _sqlite_busy_timeout(conn, int(timeout * 1000))
                 try:
                     with conn.begin():
                         if timeout is not None and self.dialect == "postgresql":
@@ -139,7 +139,7 @@ class StorageBase:
                         yield conn
                 finally:
                     if timeout is not None and self.dialect == "sqlite":
-                        conn.exec_driver_sql(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+                        _sqlite_busy_timeout(conn, _BUSY_TIMEOUT_MS)
         except SQLAlchemyError as e:
             raise StorageError(f"database error: {_reason(e)}") from e
 
@@ -182,6 +182,13 @@ class StorageBase:
             value: datetime = conn.execute(select(func.clock_timestamp())).scalar_one()
             return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
         return datetime.now(UTC)
+
+
+def _sqlite_busy_timeout(conn: Connection, milliseconds: int) -> None:
+    """Set the busy timeout of the pooled connection itself, outside any transaction (through
+    SQLAlchemy the statement would begin one)."""
+    driver: Any = conn.connection.driver_connection
+    driver.execute(f"PRAGMA busy_timeout={milliseconds}")
 
 
 def _use_wal(cursor: Any, *, patience: float = 30.0) -> None:
