@@ -65,6 +65,7 @@ from newsletter.websub import ping_hub
 log = logging.getLogger(__name__)
 
 SECRET_META_KEY = "generated_secret"  # noqa: S105 - a key name, not a secret
+LIST_ID_META_KEY = "list_id"
 # A pending address is sent another confirmation only this long after the last one.
 CONFIRM_RESEND = timedelta(minutes=10)
 
@@ -80,6 +81,8 @@ class DigestPlan:
     # against, plus one. Creating it under that number is what makes a racing node that
     # planned against the same last digest lose, instead of sending the same news again.
     number: int = 1
+    # The articles the digest accounts for, shown or passed over (``rules.DigestChoice``).
+    covered: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,14 +159,27 @@ class Publisher:
         return make_backend(self.config)
 
     @cached_property
+    def list_id(self) -> str:
+        """The list's id: the one the config gave when it was first used, kept in the database
+        from then on. It salts every unsubscribe and confirmation link, so renaming the title
+        (or moving the sender's domain) must not change it: links already sent stay valid. It
+        is the ``List-Id`` header too: RFC 2919 asks that a list's identifier persist across
+        time, and readers' mail filters match on it."""
+        configured = self.config.newsletter.list_id
+        kept = self.storage.get_or_create_meta(LIST_ID_META_KEY, lambda: configured)
+        if kept != configured:
+            log.info("list id %s kept (the config's title would make it %s)", kept, configured)
+        return kept
+
+    @cached_property
     def tokens(self) -> UnsubscribeTokens:
-        return UnsubscribeTokens(self._secret_value, self.config.newsletter.list_id)
+        return UnsubscribeTokens(self._secret_value, self.list_id)
 
     @cached_property
     def confirm_tokens(self) -> ConfirmTokens:
         return ConfirmTokens(
             self._secret_value,
-            self.config.newsletter.list_id,
+            self.list_id,
             max_age=timedelta(hours=self.config.web.confirm_hours),
         )
 
@@ -262,9 +278,8 @@ class Publisher:
         """The articles the next digest would carry (see README, "What goes into a digest")."""
         now = clock.now()
         last = self.storage.last_digest()
-        candidates = self.storage.undigested_articles(
-            gathered_after=last.created_at if last else None
-        )
+        # No time or id watermark: what no digest covered yet, whenever it was gathered.
+        candidates = self.storage.undigested_articles()
         limit = self.config.digest.max_items
         choice = rules.choose_digest_articles(
             candidates,
@@ -280,6 +295,7 @@ class Publisher:
             more=more,
             first=last is None,
             number=last.number + 1 if last else 1,
+            covered=choice.covered,
         )
 
     def render_next_digest(self, *, force: bool = False) -> RenderedDigest | None:
@@ -454,6 +470,7 @@ class Publisher:
             text=rendered.text,
             # Only what the digest shows: articles left out for size are in its "more".
             article_ids=[a.id for a in rendered.articles],
+            covered_ids=plan.covered,
             now=now,
             batch_size=self.backend.batch_size_for(PreparedContent(content)),
             fire=fire,
@@ -590,7 +607,7 @@ class Publisher:
             html=html,
             text=text,
             reply_to=nl.reply_to,
-            list_id=nl.list_id,
+            list_id=self.list_id,
             message_id_domain=nl.domain,
             unsubscribe_mailto=f"mailto:{nl.sender_email}?subject=unsubscribe",
         )

@@ -119,4 +119,3 @@ def test_status_health_and_the_unsubscribe_page_answer_while_a_writer_holds_the_
     # Python process's start-up alone takes a moment on a busy machine, hence the margin.)
     assert still_held
     assert status_took < 10.0, status_took
-

@@ -158,17 +158,13 @@ class ArticlesMixin(StorageBase):
             ).all()
         return [_article(r) for r in rows]
 
-    def undigested_articles(self, *, gathered_after: datetime | None) -> list[Article]:
-        in_digest = (
-            select(s.digest_articles.c.article_id)
-            .where(s.digest_articles.c.article_id == s.articles.c.id)
-            .exists()
-        )
-        query = select(s.articles).where(~in_digest)
-        if gathered_after is not None:
-            query = query.where(s.articles.c.first_seen > gathered_after)
+    def undigested_articles(self) -> list[Article]:
         with self._read() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(
+                select(s.articles)
+                .where(s.articles.c.covered_by.is_(None))
+                .order_by(s.articles.c.id)
+            ).all()
         return [_article(r) for r in rows]
 
     def articles_by_id(self, ids: Sequence[int]) -> list[Article]:

@@ -65,6 +65,7 @@ class DeliveriesMixin(StorageBase):
         now: datetime,
         batch_size: int,
         fire: str | None = None,
+        covered_ids: Sequence[int] = (),
     ) -> tuple[Digest, bool]:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -102,6 +103,15 @@ class DeliveriesMixin(StorageBase):
                             {"digest_id": digest_id, "article_id": aid, "position": i}
                             for i, aid in enumerate(article_ids)
                         ],
+                    )
+                # Only those still uncovered: an article another digest took is its, not ours.
+                covered = sorted({*article_ids, *covered_ids})
+                a = s.articles.c
+                for start in range(0, len(covered), 500):
+                    conn.execute(
+                        update(s.articles)
+                        .where(a.id.in_(covered[start : start + 500]), a.covered_by.is_(None))
+                        .values(covered_by=digest_id)
                     )
                 self._freeze_recipients(conn, digest_id, now, batch_size, f"nl-{uid}")
         digest = self.get_digest(int(digest_id))

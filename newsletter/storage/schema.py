@@ -98,10 +98,21 @@ articles = Table(
     Column("content_hash", String(64), nullable=False),
     # Found on a source's very first fetch: its back catalogue, not news to our readers.
     Column("backfill", Boolean, nullable=False, default=False),
+    # The digest that accounted for the article (migration 7): it showed it, or passed it over
+    # (beyond its size, outside the first digest's look-back, back catalogue). NULL: in no
+    # digest yet, so the next digest considers it, whenever and by whatever clock it arrived.
+    Column("covered_by", Integer, ForeignKey("digests.id")),
     UniqueConstraint("source", "key", name="uq_articles_source_key"),
 )
 Index("ix_articles_published", articles.c.published, articles.c.id)
 Index("ix_articles_first_seen", articles.c.first_seen)
+# Partial: only the articles no digest has covered yet, the few the next digest reads.
+ix_articles_uncovered = Index(
+    "ix_articles_uncovered",
+    articles.c.id,
+    postgresql_where=articles.c.covered_by.is_(None),
+    sqlite_where=articles.c.covered_by.is_(None),
+)
 
 subscribers = Table(
     "subscribers",
@@ -386,6 +397,21 @@ def _m6_shared_web_state(conn: Connection) -> None:
         table.create(conn)
 
 
+def _m7_articles_covered_by(conn: Connection) -> None:
+    """Which digest accounted for each article. Digest selection was "in no digest and first
+    seen after the last digest was created", so an article gathered under a slow clock was
+    never in any digest. Existing articles keep what that rule gave them: an article a digest
+    showed is covered by the first that did; one first seen no later than some digest was
+    created (passed over by it) is covered by the first such digest; the rest are uncovered
+    and go to the next digest, as before."""
+    conn.execute(text("ALTER TABLE articles ADD COLUMN covered_by INTEGER REFERENCES digests(id)"))
+    a, d, da = articles.c, digests.c, digest_articles.c
+    shown = select(func.min(da.digest_id)).where(da.article_id == a.id).scalar_subquery()
+    passed = select(func.min(d.id)).where(d.created_at >= a.first_seen).scalar_subquery()
+    conn.execute(articles.update().values(covered_by=func.coalesce(shown, passed)))
+    ix_articles_uncovered.create(conn)
+
+
 # MIGRATIONS[n] brings a database from version n + 1 to n + 2; version 1 is create_all above.
 MIGRATIONS: list[Migration] = [
     _m2_delivery_batches,
@@ -393,6 +419,7 @@ MIGRATIONS: list[Migration] = [
     _m4_subscriber_lifecycle,
     _m5_nodes_and_leases,
     _m6_shared_web_state,
+    _m7_articles_covered_by,
 ]
 VERSION = 1 + len(MIGRATIONS)
 
