@@ -164,6 +164,23 @@ def test_a_full_feeds_disk_is_named_and_the_digest_still_goes_out(
         assert (out / "rss.xml").is_file() and (out / "feed.json").is_file()
 
 
+def test_a_read_only_feeds_folder_is_one_clear_error(example_project: Path, tmp_path: Path) -> None:
+    config = example_project
+    with small_filesystem(tmp_path / "ro-disk", "4m") as disk:
+        out = disk / "feeds"
+        out.mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        text = config.read_text().replace('output_dir = "feeds-out"', f'output_dir = "{out}"')
+        config.write_text(text)
+        with make_publisher(load_config(config)) as publisher:
+            publisher.gather()
+        feeds = newsletter(config, "feeds")
+    assert feeds.returncode == EXIT_ERROR, feeds.stdout + feeds.stderr
+    said = one_line(feeds.stderr)
+    assert "Read-only file system" in said and str(out) in said, said
+    assert "Traceback" not in feeds.stderr
+
+
 # --- leftover temporary files --------------------------------------------------------------------
 
 # Opens a file through ``open_atomic`` (as every writer of ours does), writes part of it, says
