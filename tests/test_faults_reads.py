@@ -18,10 +18,16 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy import update
 
 from newsletter.config import load_config
 from newsletter.core import make_publisher
+from newsletter.storage import SqlStorage, schema
+from newsletter.types import SubscriberStatus
+from tests.test_storage_contract import NOW, db_url
 from tests.test_web_feeds import running_site
+
+__all__ = ["db_url"]  # the contract suite's engines, used here too
 
 SECRET = "reads-test-secret"
 HOLD_SECONDS = 25.0  # longer than any answer may take; shorter than the busy timeout (30 s)
@@ -119,3 +125,37 @@ def test_status_health_and_the_unsubscribe_page_answer_while_a_writer_holds_the_
     # Python process's start-up alone takes a moment on a busy machine, hence the margin.)
     assert still_held
     assert status_took < 10.0, status_took
+
+
+# --- the storage contract, on SQLite and PostgreSQL ----------------------------------------------
+
+
+def test_reads_answer_while_another_connection_holds_a_write(db_url: str) -> None:
+    """A writer mid-transaction (the SQLite write lock, PostgreSQL row locks on what is
+    read) does not hold up a read, which sees the last commit."""
+    reader = SqlStorage(db_url)
+    writer = SqlStorage(db_url)
+    try:
+        subscriber, _ = reader.add_subscriber("held@example.com", None, NOW)
+        with writer._tx() as conn:
+            conn.execute(
+                update(schema.subscribers)
+                .where(schema.subscribers.c.id == subscriber.id)
+                .values(status=SubscriberStatus.UNSUBSCRIBED)
+            )
+            started = time.monotonic()
+            seen = reader.get_subscriber_by_id(subscriber.id)
+            counted = reader.count_subscribers(SubscriberStatus.ACTIVE)
+            listed = [s.email for s in reader.iter_subscribers()]
+            reader.ping(timeout=1.0)
+            took = time.monotonic() - started
+        assert seen is not None and seen.status == SubscriberStatus.ACTIVE  # the last commit
+        assert counted == 1 and listed == ["held@example.com"]
+        assert took < 2.0, took
+        after = reader.get_subscriber_by_id(subscriber.id)
+        assert after is not None and after.status == SubscriberStatus.UNSUBSCRIBED
+        # A write after those reads, on the same pooled connections, is still a write.
+        assert reader.unsubscribe_id(subscriber.id, NOW) is not None
+    finally:
+        reader.close()
+        writer.close()
