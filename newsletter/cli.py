@@ -38,7 +38,7 @@ from rich.text import Text
 from newsletter import __version__
 from newsletter.config import Config, find_config, load_config
 from newsletter.core import Publisher, make_publisher
-from newsletter.exceptions import ConfigError, NewsletterError
+from newsletter.exceptions import ConfigError, NewsletterError, OutputError
 from newsletter.files import atomic_write
 from newsletter.types import (
     DeliveryResult,
@@ -446,11 +446,18 @@ def run(state: State, once: bool) -> None:
     """
     with state.publisher("run") as publisher:
         if once:
+            feeds_failed = False
             with _stop_on_signals(publisher):
                 results = _gather(publisher)
-                _feeds(publisher)
+                try:
+                    _feeds(publisher)
+                except OutputError as e:
+                    # The feeds and the mail are independent: a feeds folder that cannot be
+                    # written says so, and the digest goes out all the same.
+                    err.print(Text.assemble(("error:", "bold red"), " ", str(e)), highlight=False)
+                    feeds_failed = True
                 report = _send(publisher)
-            if report.stopped:
+            if report.stopped or feeds_failed:
                 sys.exit(EXIT_ERROR)
             if any(not r.ok for r in results) or report.failed or report.interrupted:
                 sys.exit(EXIT_PARTIAL)

@@ -14,6 +14,7 @@ import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -25,7 +26,14 @@ import requests
 from newsletter import clock, rules
 from newsletter.addresses import validate_address
 from newsletter.config import Config
-from newsletter.exceptions import NewsletterError, RenderError, SubscriberError
+from newsletter.exceptions import (
+    NewsletterError,
+    OutputError,
+    RenderError,
+    SubscriberError,
+    os_reason,
+)
+from newsletter.files import remove_leftover_temp_files
 from newsletter.gather import ItemLimits, gather
 from newsletter.mail import make_backend
 from newsletter.mail.base import MailBackend, PreparedContent
@@ -59,6 +67,7 @@ from newsletter.websub import ping_hub
 log = logging.getLogger(__name__)
 
 SECRET_META_KEY = "generated_secret"  # noqa: S105 - a key name, not a secret
+LIST_ID_META_KEY = "list_id"
 # A pending address is sent another confirmation only this long after the last one.
 CONFIRM_RESEND = timedelta(minutes=10)
 
@@ -74,6 +83,8 @@ class DigestPlan:
     # against, plus one. Creating it under that number is what makes a racing node that
     # planned against the same last digest lose, instead of sending the same news again.
     number: int = 1
+    # The articles the digest accounts for, shown or passed over (``rules.DigestChoice``).
+    covered: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,7 @@ class Publisher:
         self.command = command
         # Set by a signal (see ``cli``): claim nothing more, finish what is on the wire.
         self.stopping = threading.Event()
+        self._tidied = False  # leftover temporary files in the output folder removed
 
     def close(self) -> None:
         if "node" in self.__dict__:
@@ -149,14 +161,27 @@ class Publisher:
         return make_backend(self.config)
 
     @cached_property
+    def list_id(self) -> str:
+        """The list's id: the one the config gave when it was first used, kept in the database
+        from then on. It salts every unsubscribe and confirmation link, so renaming the title
+        (or moving the sender's domain) must not change it: links already sent stay valid. It
+        is the ``List-Id`` header too: RFC 2919 asks that a list's identifier persist across
+        time, and readers' mail filters match on it."""
+        configured = self.config.newsletter.list_id
+        kept = self.storage.get_or_create_meta(LIST_ID_META_KEY, lambda: configured)
+        if kept != configured:
+            log.info("list id %s kept (the config's title would make it %s)", kept, configured)
+        return kept
+
+    @cached_property
     def tokens(self) -> UnsubscribeTokens:
-        return UnsubscribeTokens(self._secret_value, self.config.newsletter.list_id)
+        return UnsubscribeTokens(self._secret_value, self.list_id)
 
     @cached_property
     def confirm_tokens(self) -> ConfirmTokens:
         return ConfirmTokens(
             self._secret_value,
-            self.config.newsletter.list_id,
+            self.list_id,
             max_age=timedelta(hours=self.config.web.confirm_hours),
         )
 
@@ -212,9 +237,15 @@ class Publisher:
         archive of the digests.
 
         Returns the files (re)written; unchanged files are left untouched. A hub that refuses
-        or cannot be reached is logged and does not fail the build.
+        or cannot be reached is logged and does not fail the build. Raises ``OutputError``
+        naming the path when a file cannot be written (a full disk, a read-only folder).
         """
         storage = self.storage
+        if not self._tidied:
+            # Once per process: a build killed mid-write left temporary files (feeds, tag
+            # feeds, archive pages); only those whose writer is gone are removed.
+            remove_leftover_temp_files(self.config.feeds.output_dir)
+            self._tidied = True
 
         def history() -> Iterator[Article]:
             offset = 0
@@ -223,9 +254,13 @@ class Publisher:
                 offset += len(batch)
 
         feeds = self.config.feeds
-        written = write_feeds(
-            history(), self.config.newsletter, feeds, max_tags=self.config.http.max_tags_per_item
-        )
+        with _writing("feeds not written", feeds.output_dir):
+            written = write_feeds(
+                history(),
+                self.config.newsletter,
+                feeds,
+                max_tags=self.config.http.max_tags_per_item,
+            )
         if feeds.websub_hub and written.changed:
             ping_hub(
                 feeds.websub_hub,
@@ -243,9 +278,10 @@ class Publisher:
         digests = self.storage.list_digests()
         if not digests:
             return []
-        return archive.write_archive(
-            digests, renderer=self.renderer, output_dir=self.config.feeds.output_dir
-        )
+        with _writing("archive not written", self.config.feeds.output_dir):
+            return archive.write_archive(
+                digests, renderer=self.renderer, output_dir=self.config.feeds.output_dir
+            )
 
     # --- digests ---------------------------------------------------------------------------------
 
@@ -253,9 +289,8 @@ class Publisher:
         """The articles the next digest would carry (see README, "What goes into a digest")."""
         now = clock.now()
         last = self.storage.last_digest()
-        candidates = self.storage.undigested_articles(
-            gathered_after=last.created_at if last else None
-        )
+        # No time or id watermark: what no digest covered yet, whenever it was gathered.
+        candidates = self.storage.undigested_articles()
         limit = self.config.digest.max_items
         choice = rules.choose_digest_articles(
             candidates,
@@ -271,6 +306,7 @@ class Publisher:
             more=more,
             first=last is None,
             number=last.number + 1 if last else 1,
+            covered=choice.covered,
         )
 
     def render_next_digest(self, *, force: bool = False) -> RenderedDigest | None:
@@ -445,6 +481,7 @@ class Publisher:
             text=rendered.text,
             # Only what the digest shows: articles left out for size are in its "more".
             article_ids=[a.id for a in rendered.articles],
+            covered_ids=plan.covered,
             now=now,
             batch_size=self.backend.batch_size_for(PreparedContent(content)),
             fire=fire,
@@ -487,7 +524,7 @@ class Publisher:
         next ``build_feeds`` (``newsletter feeds``, every scheduled gather) writes it again."""
         try:
             self.write_archive()
-        except (OSError, RenderError) as e:
+        except (OutputError, RenderError) as e:
             log.error("digest %d: the web archive was not written: %s", digest.number, e)
 
     def plan_send(self, *, force: bool = False, resend_uncertain: bool = False) -> SendPlan:
@@ -583,7 +620,7 @@ class Publisher:
             html=html,
             text=text,
             reply_to=nl.reply_to,
-            list_id=nl.list_id,
+            list_id=self.list_id,
             message_id_domain=nl.domain,
             unsubscribe_mailto=f"mailto:{nl.sender_email}?subject=unsubscribe",
         )
@@ -737,6 +774,16 @@ class Publisher:
 _NAME_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 # What the "surrogateescape" error handler makes of an undecodable byte (PEP 383).
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+@contextmanager
+def _writing(what: str, folder: Path) -> Iterator[None]:
+    """Turn a failed file write into ``OutputError`` naming the path (the folder when the
+    operating system does not say which file) and its reason ("No space left on device")."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(what, path=e.filename or folder, reason=os_reason(e)) from e
 
 
 def _clean_name(name: str | None) -> str | None:

@@ -101,6 +101,9 @@ def article_writes(
 class DigestChoice:
     articles: tuple[Article, ...]  # newest first, at most ``max_items``
     more: int  # eligible articles beyond ``max_items``
+    # Every candidate, shown or not: the digest accounts for them all, so none comes back in
+    # a later digest (the old back catalogue, what did not fit). Sorted ids.
+    covered: tuple[int, ...] = ()
 
 
 def choose_digest_articles(
@@ -110,19 +113,23 @@ def choose_digest_articles(
     lookback_start: datetime,
     max_items: int,
 ) -> DigestChoice:
-    """The next digest's articles, from ``candidates``: stored articles in no digest yet and,
-    after the first digest, gathered since the last one.
+    """The next digest's articles, from ``candidates``: the stored articles no digest has
+    covered yet, whenever (and by whatever clock) they were gathered.
 
     The first digest takes only articles published since ``lookback_start``, so subscribers do
     not get the sources' whole back catalogue; later, a source's back catalogue (found on its
     first fetch) is held to the same look-back. Newest first, ties by id, so the order is
-    stable.
+    stable. The digest covers every candidate, shown or passed over: what it leaves out
+    (beyond ``max_items``, outside the look-back) is not offered again by the next one.
     """
-    eligible = [
-        a for a in candidates if a.published >= lookback_start or (not first and not a.backfill)
-    ]
+    pool = list(candidates)
+    eligible = [a for a in pool if a.published >= lookback_start or (not first and not a.backfill)]
     eligible.sort(key=lambda a: (a.published, a.id), reverse=True)
-    return DigestChoice(tuple(eligible[:max_items]), max(0, len(eligible) - max_items))
+    return DigestChoice(
+        tuple(eligible[:max_items]),
+        max(0, len(eligible) - max_items),
+        tuple(sorted(a.id for a in pool)),
+    )
 
 
 # --- delivering ----------------------------------------------------------------------------------

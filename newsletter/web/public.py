@@ -40,11 +40,16 @@ from newsletter.web.site import Site
 log = logging.getLogger(__name__)
 
 
+# The health check answers within about this long, whatever a writer is doing: its query is a
+# read-only transaction (it never waits for the write lock) bounded by this timeout.
+HEALTH_TIMEOUT = 2.0
+
+
 def health_routes(site: Site) -> list[BaseRoute]:
     def check() -> tuple[bool, bool]:
         try:
             publisher = site.publisher()
-            publisher.storage.ping()
+            publisher.storage.ping(timeout=HEALTH_TIMEOUT)
         except NewsletterError as e:
             log.error("health check: %s", e)
             return False, False
