@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from email_validator import EmailNotValidError, validate_email
 
 from newsletter.exceptions import SubscriberError
+
+# An RFC 2047 encoded-word ("=?charset?q?text?="). Legal characters in a local part, but mail
+# software decodes it as a header would, so the address that arrives is not the one given: a
+# subscription to it could never be confirmed.
+_ENCODED_WORD = re.compile(r"=\?[^?]*\?[bq]\?[^?]*\?=", re.IGNORECASE)
 
 
 def validate_address(address: str) -> str:
@@ -15,6 +22,11 @@ def validate_address(address: str) -> str:
     """
     if "\n" in address or "\r" in address:
         raise SubscriberError("an address must not contain a line break", address=address)
+    if _ENCODED_WORD.search(address):
+        raise SubscriberError(
+            "an address must not contain an RFC 2047 encoded-word (=?charset?q?...?=)",
+            address=address,
+        )
     try:
         info = validate_email(address.strip(), check_deliverability=False)
     except EmailNotValidError as e:

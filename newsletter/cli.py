@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleRenderable
 from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
@@ -37,7 +38,7 @@ from rich.text import Text
 from newsletter import __version__
 from newsletter.config import Config, find_config, load_config
 from newsletter.core import Publisher, make_publisher
-from newsletter.exceptions import ConfigError, NewsletterError
+from newsletter.exceptions import ConfigError, NewsletterError, OutputError
 from newsletter.files import atomic_write
 from newsletter.types import (
     DeliveryResult,
@@ -55,8 +56,38 @@ if TYPE_CHECKING:
 EXIT_ERROR = 1
 EXIT_PARTIAL = 3  # the command ran, but some sources failed
 
-console = Console()
-err = Console(stderr=True)
+# Outside text (source names, URLs, titles, HTTP reasons, error messages, paths) reaches these
+# consoles only as ``Text`` or with ``markup=False``: rich would read "[/bold]" in a feed title as
+# a closing tag and raise. Emoji codes are off too: ":x:" in a title stays as it was written.
+console = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
+
+
+# Control characters (an ESC starts a terminal escape sequence) and lone surrogates (which
+# no stream can encode) in outside text are shown as escapes.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _clean(value: object) -> str:
+    return _UNPRINTABLE.sub(
+        lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value)
+    )
+
+
+def _text(*parts: str | tuple[str, str]) -> Text:
+    """A line from plain strings and ``(text, style)`` pairs; nothing in it is read as markup,
+    and control characters are shown as escapes."""
+    return Text.assemble(
+        *(_clean(p) if isinstance(p, str) else (_clean(p[0]), p[1]) for p in parts)
+    )
+
+
+class _LogHandler(RichHandler):
+    """Log records carry outside text too (a source's error, a provider's answer): shown with
+    markup off (rich's default for handlers) and control characters escaped."""
+
+    def render_message(self, record: logging.LogRecord, message: str) -> ConsoleRenderable:
+        return super().render_message(record, _clean(message))
 
 
 class State:
@@ -103,7 +134,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, quiet: bool) 
         level=level,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
+        handlers=[_LogHandler(console=err, show_path=False, rich_tracebacks=False)],
         force=True,
     )
     ctx.obj = State(config_path)
@@ -120,7 +151,8 @@ def main() -> None:
         sys.exit(e.exit_code)
     except NewsletterError as e:
         # The message is text, not markup: "[postgres]" in it must stay as it is.
-        err.print(Text.assemble(("error:", "bold red"), " ", str(e)), highlight=False)
+        # One line whatever the terminal's width: FILE:LINE: key: message.
+        err.print(_text(("error:", "bold red"), " ", str(e)), highlight=False, soft_wrap=True)
         sys.exit(EXIT_ERROR)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
@@ -137,9 +169,13 @@ def init(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise ConfigError("already exists; pass --force to overwrite it", file=path)
     text = resources.files("newsletter").joinpath("starter.toml").read_text(encoding="utf-8")
-    atomic_write(path, text.encode())
+    _write(path, text.encode())
     load_config(path)  # the starter must always be a valid config
-    console.print(f"wrote {path}; edit it, then run `newsletter --config {path} run --once`")
+    console.print(
+        f"wrote {path}; edit it, then run `newsletter --config {path} run --once`",
+        highlight=False,
+        markup=False,
+    )
 
 
 # --- gather / feeds ------------------------------------------------------------------------------
@@ -151,15 +187,21 @@ def _gather(publisher: Publisher) -> list[GatherResult]:
         results = publisher.gather(progress=lambda r: advance(1))
     for r in results:
         if r.error is not None:
-            err.print(f"[red]failed[/] {r.error}", highlight=False)
+            err.print(_text(("failed", "red"), f" {r.error}"), highlight=False, soft_wrap=True)
         elif r.warning:
-            err.print(f"[yellow]warning[/] source {r.source!r}: {r.warning}", highlight=False)
+            err.print(
+                _text(("warning", "yellow"), f" source {r.source!r}: {r.warning}"),
+                highlight=False,
+                soft_wrap=True,
+            )
     new = sum(r.new for r in results)
     updated = sum(r.updated for r in results)
     failed = sum(1 for r in results if not r.ok)
     console.print(
-        f"gathered {len(results)} sources: {new} new, {updated} updated articles"
-        + (f", [red]{failed} failed[/]" if failed else ""),
+        _text(
+            f"gathered {len(results)} sources: {new} new, {updated} updated articles",
+            (f", {failed} failed" if failed else "", "red"),
+        ),
         highlight=False,
     )
     return results
@@ -179,7 +221,7 @@ def _feeds(publisher: Publisher) -> None:
     written = publisher.build_feeds()
     out = publisher.config.feeds.output_dir
     if not written:
-        console.print(f"feeds: unchanged in {out}", highlight=False)
+        console.print(f"feeds: unchanged in {out}", highlight=False, markup=False)
         return
     # Per-tag feeds, archive pages and the digest archive can be many files: name the main
     # feeds, count the rest.
@@ -190,6 +232,7 @@ def _feeds(publisher: Publisher) -> None:
         + (f" and {rest} other files" if rest else "")
         + f" in {out}",
         highlight=False,
+        markup=False,
     )
 
 
@@ -231,22 +274,26 @@ def digest(state: State, preview: Path | None, text_path: Path | None, force: bo
         from newsletter.render.personalize import Template
 
         values = publisher.recipient_values(0, "reader@example.com", "Example Reader")
-        console.print(f"subject: {rendered.subject}", highlight=False)
+        console.print(_text(f"subject: {rendered.subject}"), highlight=False)
         console.print(
             f"{len(rendered.articles)} articles"
             + (f" (+{rendered.more} more on the web)" if rendered.more else ""),
             highlight=False,
         )
         for a in rendered.articles:
-            console.print(f"  - {a.title} [dim]({a.source})[/]", highlight=False)
+            console.print(_text(f"  - {a.title} ", (f"({a.source})", "dim")), highlight=False)
         if preview is not None:
             html = Template(rendered.html, is_html=True).fill(values)
-            atomic_write(preview, html.encode())
-            console.print(f"wrote {preview} ({len(html.encode()) / 1024:.1f} KB)", highlight=False)
+            _write(preview, html.encode())
+            console.print(
+                f"wrote {preview} ({len(html.encode()) / 1024:.1f} KB)",
+                highlight=False,
+                markup=False,
+            )
         if text_path is not None:
             text = Template(rendered.text, is_html=False).fill(values)
-            atomic_write(text_path, text.encode())
-            console.print(f"wrote {text_path}", highlight=False)
+            _write(text_path, text.encode())
+            console.print(f"wrote {text_path}", highlight=False, markup=False)
 
 
 def _send(
@@ -261,22 +308,18 @@ def _send(
             on_start=on_start,
         )
     if report.digest_id is None:
-        console.print(f"digest: nothing sent ({report.reason})", highlight=False)
+        console.print(f"digest: nothing sent ({report.reason})", highlight=False, markup=False)
         return report
-    parts = [f"{report.sent} sent"]
-    if report.failed:
-        parts.append(f"[red]{report.failed} failed[/]")
-    if report.skipped:
-        parts.append(f"{report.skipped} skipped (unsubscribed)")
-    if report.uncertain:
-        parts.append(
-            f"[yellow]{report.uncertain} uncertain[/] (see `newsletter send --resend-uncertain`)"
-        )
     verb = "created and delivered" if report.created else "delivered"
-    console.print(
-        f"digest {report.number} {verb} ({report.articles} articles): " + ", ".join(parts),
-        highlight=False,
-    )
+    line = Text(f"digest {report.number} {verb} ({report.articles} articles): {report.sent} sent")
+    if report.failed:
+        line.append(", ").append(f"{report.failed} failed", "red")
+    if report.skipped:
+        line.append(f", {report.skipped} skipped (unsubscribed)")
+    if report.uncertain:
+        line.append(", ").append(f"{report.uncertain} uncertain", "yellow")
+        line.append(" (see `newsletter send --resend-uncertain`)")
+    console.print(line, highlight=False)
     counts = report.counts
     if counts is not None and counts.total != report.sent + report.failed + report.skipped:
         console.print(
@@ -284,14 +327,20 @@ def _send(
         )
     if report.stopped:
         err.print(
-            f"[bold red]sending stopped:[/] {report.stopped}; {report.pending} still pending, "
-            "a later `newsletter send` resumes",
+            _text(
+                ("sending stopped:", "bold red"),
+                f" {report.stopped}; {report.pending} still pending, "
+                "a later `newsletter send` resumes",
+            ),
             highlight=False,
         )
     elif report.interrupted:
         err.print(
-            f"[yellow]interrupted:[/] {report.pending} still pending; the next `newsletter send` "
-            "(or a running node) goes on",
+            _text(
+                ("interrupted:", "yellow"),
+                f" {report.pending} still pending; the next `newsletter send` "
+                "(or a running node) goes on",
+            ),
             highlight=False,
         )
     return report
@@ -327,7 +376,7 @@ def send(
         if test_address is not None:
             result = publisher.send_test(test_address)
             if result.status != DeliveryStatus.SENT:
-                err.print(f"test message to {result.email} failed: {result.error}", markup=False)
+                err.print(_text(f"test message to {result.email} failed: {result.error}"))
                 sys.exit(EXIT_ERROR)
             console.print(
                 f"test message sent to {result.email} through {publisher.backend.describe()}"
@@ -350,7 +399,9 @@ def send(
 def _dry_run(publisher: Publisher, *, force: bool, resend_uncertain: bool) -> None:
     plan = publisher.plan_send(force=force, resend_uncertain=resend_uncertain)
     if plan.reason:
-        console.print(f"dry run: nothing would be sent ({plan.reason})", highlight=False)
+        console.print(
+            f"dry run: nothing would be sent ({plan.reason})", highlight=False, markup=False
+        )
         return
     what = f"digest {plan.digest_id} (resumed)" if plan.digest_id else "a new digest"
     console.print(f"dry run: {what}, {plan.articles} articles: {plan.subject!r}", markup=False)
@@ -364,6 +415,7 @@ def _dry_run(publisher: Publisher, *, force: bool, resend_uncertain: bool) -> No
         more = plan.recipients - len(plan.sample)
         console.print(
             "  first: " + ", ".join(plan.sample) + (f" and {more} more" if more > 0 else ""),
+            highlight=False,
             markup=False,
         )
     if plan.leased:
@@ -394,11 +446,18 @@ def run(state: State, once: bool) -> None:
     """
     with state.publisher("run") as publisher:
         if once:
+            feeds_failed = False
             with _stop_on_signals(publisher):
                 results = _gather(publisher)
-                _feeds(publisher)
+                try:
+                    _feeds(publisher)
+                except OutputError as e:
+                    # The feeds and the mail are independent: a feeds folder that cannot be
+                    # written says so, and the digest goes out all the same.
+                    err.print(Text.assemble(("error:", "bold red"), " ", str(e)), highlight=False)
+                    feeds_failed = True
                 report = _send(publisher)
-            if report.stopped:
+            if report.stopped or feeds_failed:
                 sys.exit(EXIT_ERROR)
             if any(not r.ok for r in results) or report.failed or report.interrupted:
                 sys.exit(EXIT_PARTIAL)
@@ -496,7 +555,13 @@ def _exit_now(code: int) -> None:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8025, show_default=True, help="Port to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8025,
+    show_default=True,
+    help="Port to listen on (0: any free port).",
+)
 @pass_state
 def preview(state: State, host: str, port: int) -> None:
     """Serve a live preview of the next digest for editors (reloads on every change)."""
@@ -504,13 +569,17 @@ def preview(state: State, host: str, port: int) -> None:
 
     config_file = state.config.file
     assert config_file is not None  # loaded from a file by State
-    console.print(f"preview: http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
+    console.print(f"preview: http://{host}:{port}/ (Ctrl-C stops)", highlight=False, markup=False)
     serve(config_file, host=host, port=port)
 
 
 @cli.command()
 @click.option("--host", help="Address to listen on.  [default: [web] host, 127.0.0.1]")
-@click.option("--port", type=int, help="Port to listen on.  [default: [web] port, 8080]")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="Port to listen on, 0 for any free one.  [default: [web] port, 8080]",
+)
 @pass_state
 def serve(state: State, host: str | None, port: int | None) -> None:
     """Serve the public site: feeds, archive, subscribe and unsubscribe, provider webhooks."""
@@ -520,7 +589,7 @@ def serve(state: State, host: str | None, port: int | None) -> None:
     assert config.file is not None  # loaded from a file by State
     host = host or config.web.host
     port = config.web.port if port is None else port
-    console.print(f"serving: http://{host}:{port}/ (Ctrl-C stops)", highlight=False)
+    console.print(f"serving: http://{host}:{port}/ (Ctrl-C stops)", highlight=False, markup=False)
     try:
         serve_public(config.file, host=host, port=port)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
@@ -543,19 +612,19 @@ def status(state: State) -> None:
     failing = 0
     for name in report.configured_sources:
         s = by_name.get(name)
+        # A str cell is read as markup: every cell is a Text, the names and errors came from
+        # the config and the sources.
         if s is None:
-            table.add_row(name, "never fetched", "0", "")
+            table.add_row(_text(name), Text("never fetched"), Text("0"), Text(""))
             continue
         failing += s.error_count > 0
         problem = (
-            f"[red]{s.last_error}[/]"
-            if s.last_error
-            else (f"[yellow]{s.warning}[/]" if s.warning else "")
+            _text((s.last_error, "red")) if s.last_error else _text((s.warning or "", "yellow"))
         )
         table.add_row(
-            name,
-            _when(s.last_success),
-            str(s.error_count) if not s.error_count else f"[red]{s.error_count}[/]",
+            _text(name),
+            Text(_when(s.last_success)),
+            Text(str(s.error_count), "red" if s.error_count else ""),
             problem,
         )
     console.print(table)
@@ -618,7 +687,11 @@ def subscribers_add(state: State, email: str, name: str | None) -> None:
     """Add EMAIL (or re-activate it if it had unsubscribed)."""
     with state.publisher() as publisher:
         sub, created = publisher.add_subscriber(email, name)
-    console.print(f"{'added' if created else 'already present'}: {sub.email} ({sub.status})")
+    console.print(
+        f"{'added' if created else 'already present'}: {sub.email} ({sub.status})",
+        highlight=False,
+        markup=False,
+    )
 
 
 @subscribers.command("import")
@@ -629,7 +702,7 @@ def subscribers_import(state: State, file: Path) -> None:
     with state.publisher() as publisher:
         report = publisher.import_subscribers(file)
     for line, address, reason in report.rejected:
-        err.print(f"{file}:{line}: {address!r}: {reason}", highlight=False, markup=False)
+        err.print(_text(f"{file}:{line}: {address!r}: {reason}"), highlight=False, soft_wrap=True)
     console.print(
         f"imported {report.added}, already present {report.already_present}, "
         f"rejected {len(report.rejected)}",
@@ -667,10 +740,22 @@ def subscribers_remove(state: State, email: str, delete: bool) -> None:
     with state.publisher() as publisher:
         changed = publisher.remove_subscriber(email, delete=delete)
     what = "deleted" if delete else ("unsubscribed" if changed else "was already unsubscribed")
-    console.print(f"{email}: {what}", highlight=False)
+    console.print(f"{email}: {what}", highlight=False, markup=False)
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write a file the user named on the command line; a path that cannot be written (a
+    missing folder's parent, /proc, a full disk) is a one-line error, not a traceback."""
+    try:
+        atomic_write(path, data)
+    except OSError as e:
+        reason = e.strerror or str(e)
+        if isinstance(e, FileExistsError):  # from mkdir: a file stands where a folder should
+            reason = "a file stands in the way of its folder"
+        raise NewsletterError(f"cannot write {path}: {reason}") from e
 
 
 class _RateColumn(ProgressColumn):

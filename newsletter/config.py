@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -57,6 +58,13 @@ MAIL_REQUIRED: dict[str, tuple[str, ...]] = {
     "smtp": ("host",),
 }
 SMTP_SECURITY = ("starttls", "tls", "none")
+# Ceilings of the duration keys (README, "Configuration"): generous, but each still fits a
+# timedelta, a timer and a SQL integer.
+_HOUR_S = 3600
+_DAY_S = 86_400
+_WEEK_S = 7 * _DAY_S
+_YEAR_H = 366 * 24
+_YEAR_MIN = _YEAR_H * 60
 SECTION_BY = ("source", "tag", "none")
 
 
@@ -174,6 +182,9 @@ class StorageSettings:
 class HttpSettings:
     user_agent: str = "newsletter/0.1 (+https://github.com/newsletter-publisher/newsletter)"
     timeout: float = 20.0
+    # What one item from any source may carry; more is cut with a warning against the source.
+    max_tags_per_item: int = 50
+    max_title_chars: int = 1000
 
 
 @dataclass(frozen=True)
@@ -270,6 +281,12 @@ class _Locator:
         return None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The ceiling of a number key that names none of its own: what a 32-bit SQL integer holds.
+_MAX_INTEGER = 2**31 - 1
+_MAX_NUMBER = 1e9
+
+
 class _Table:
     """A view of one TOML table that type-checks each key and reports unknown ones."""
 
@@ -304,21 +321,58 @@ class _Table:
             raise self.error(key, "must not be empty")
         return value
 
-    def number(self, key: str, default: Any, *, minimum: float, integer: bool = False) -> Any:
+    def number(
+        self,
+        key: str,
+        default: Any,
+        *,
+        minimum: float,
+        maximum: float | None = None,
+        integer: bool = False,
+    ) -> Any:
+        """A number in ``minimum..maximum``. TOML allows ``nan``, ``inf`` and integers of any
+        size; each would reach a timedelta, a SQL LIMIT or a socket and fail there, far from
+        the config, so every number has a ceiling (``maximum``, else a generic one)."""
         value = self.get(
             key,
             int if integer else (int, float),
             default,
             "a whole number" if integer else "a number",
         )
-        if value is not None and value < minimum:
+        if value is None:
+            return value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(key, f"expected a finite number, got {value}")
+        if value < minimum:
             raise self.error(key, f"must be at least {minimum:g}, got {value}")
+        ceiling = maximum if maximum is not None else (_MAX_INTEGER if integer else _MAX_NUMBER)
+        if value > ceiling:
+            raise self.error(key, f"must be at most {_plain(ceiling)}, got {value}")
         return value
 
     def path_value(self, key: str, default: Any = ...) -> Any:
         value = self.text(key, default)
         if isinstance(value, str):
+            if "\x00" in value:  # every file system call would raise ValueError on it
+                raise self.error(key, "a path must not contain a NUL character")
             return self.loader.resolve(value)
+        return value
+
+    def dir_value(self, key: str, default: Any = ...) -> Any:
+        """A directory we write into: it may not exist yet, but it must not be a file."""
+        value = self.path_value(key, default)
+        if isinstance(value, Path) and value.exists() and not value.is_dir():
+            raise self.error(key, f"expected a directory, but {value} is a file")
+        return value
+
+    def header_text(self, key: str, default: Any = ...) -> Any:
+        """Text that ends up in a mail header: a control character there (CR/LF above all)
+        would start another header or silently change the address."""
+        value = self.text(key, default)
+        if isinstance(value, str):
+            bad = _CONTROL.search(value)
+            if bad is not None:
+                raise self.error(key, f"must not contain control characters, found {bad.group()!r}")
         return value
 
     def table(self, key: str) -> _Table:
@@ -353,6 +407,11 @@ class _Loader:
     def resolve(self, value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self.base / path).resolve()
+
+
+def _plain(number: float) -> str:
+    """65535 rather than 65535.0 or 6.5535e+04."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def _format_path(path: list[str | int]) -> str:
@@ -433,10 +492,12 @@ def parse_config(text: str, file: Path | None = None) -> Config:
     feeds_t = root.table("feeds")
     feeds_t.allow("output_dir", "max_items", "ttl_minutes", "archive_page_size", "websub_hub")
     feeds = FeedSettings(
-        output_dir=feeds_t.path_value("output_dir", "feeds"),
-        max_items=feeds_t.number("max_items", 50, minimum=1, integer=True),
-        ttl_minutes=feeds_t.number("ttl_minutes", 60, minimum=1, integer=True),
-        archive_page_size=feeds_t.number("archive_page_size", None, minimum=1, integer=True),
+        output_dir=feeds_t.dir_value("output_dir", "feeds"),
+        max_items=feeds_t.number("max_items", 50, minimum=1, maximum=10_000, integer=True),
+        ttl_minutes=feeds_t.number("ttl_minutes", 60, minimum=1, maximum=_YEAR_MIN, integer=True),
+        archive_page_size=feeds_t.number(
+            "archive_page_size", None, minimum=1, maximum=10_000, integer=True
+        ),
         websub_hub=feeds_t.text("websub_hub", None),
     )
     # The newest partial archive page lives only in the current feed, so a page larger than
@@ -446,22 +507,29 @@ def parse_config(text: str, file: Path | None = None) -> Config:
             "archive_page_size",
             f"must not exceed max_items ({feeds.max_items}), got {feeds.page_size}",
         )
-    if feeds.websub_hub is not None:
-        hub = urlsplit(feeds.websub_hub)
-        if hub.scheme not in ("http", "https") or not hub.netloc:
-            raise feeds_t.error(
-                "websub_hub", f"expected an absolute http(s) URL, got {feeds.websub_hub!r}"
-            )
+    if feeds.websub_hub is not None and not _is_http_url(feeds.websub_hub):
+        raise feeds_t.error(
+            "websub_hub", f"expected an absolute http(s) URL, got {feeds.websub_hub!r}"
+        )
     digest = _digest(root.table("digest"))
     mail = _mail(root.table("mail"))
     storage_t = root.table("storage")
     storage_t.allow("url", "path")
     storage = StorageSettings(url=_storage_url(storage_t, loader))
+    _check_output_dir(feeds_t, feeds.output_dir, file, _sqlite_file(storage.url))
     http_t = root.table("http")
-    http_t.allow("user_agent", "timeout")
+    http_t.allow("user_agent", "timeout", "max_tags_per_item", "max_title_chars")
     http = HttpSettings(
         user_agent=http_t.text("user_agent", HttpSettings.user_agent),
-        timeout=float(http_t.number("timeout", HttpSettings.timeout, minimum=0.1)),
+        timeout=float(http_t.number("timeout", HttpSettings.timeout, minimum=0.1, maximum=_HOUR_S)),
+        # Past these upper bounds a "cap" caps nothing, and the work grows with what a source
+        # sends (each tag is a feed of its own).
+        max_tags_per_item=http_t.number(
+            "max_tags_per_item", 50, minimum=0, maximum=1000, integer=True
+        ),
+        max_title_chars=http_t.number(
+            "max_title_chars", 1000, minimum=20, maximum=100_000, integer=True
+        ),
     )
     templates = root.path_value("templates", None)
     if templates is not None and not templates.is_dir():
@@ -497,18 +565,17 @@ def _newsletter(t: _Table) -> NewsletterSettings:
         "secret_env",
     )
     site_url = t.text("site_url")
-    parts = urlsplit(site_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not _is_http_url(site_url):
         raise t.error("site_url", f"expected an absolute http(s) URL, got {site_url!r}")
     if not site_url.endswith("/"):
         site_url += "/"
-    sender = t.text("sender")
+    sender = t.header_text("sender")
     name, address = parseaddr(sender)
     try:
         address = validate_address(address)
     except SubscriberError as e:
         raise t.error("sender", f'expected "Name <address@example.com>": {e.message}') from e
-    reply_to = t.text("reply_to", None)
+    reply_to = t.header_text("reply_to", None)
     if reply_to is not None:
         try:
             reply_to = validate_address(parseaddr(reply_to)[1])
@@ -519,7 +586,7 @@ def _newsletter(t: _Table) -> NewsletterSettings:
     secret_env = t.text("secret_env", "NEWSLETTER_SECRET")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", secret_env):
         raise t.error("secret_env", "expected the NAME of an environment variable, not a value")
-    title = t.text("title")
+    title = t.header_text("title")
     settings = NewsletterSettings(
         title=title,
         site_url=site_url,
@@ -557,17 +624,17 @@ def _sources(root: _Table, loader: _Loader) -> tuple[SourceConfig, ...]:
             raise t.error("url", "a feed source needs exactly one of `url` or `path`")
         if kind == "folder" and (path is None or url is not None):
             raise t.error("path", "a folder source needs `path` (and no `url`)")
-        if url is not None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise t.error("url", f"expected an http(s) URL, got {url!r}")
+        if url is not None and not _is_http_url(url):
+            raise t.error("url", f"expected an http(s) URL, got {url!r}")
         src = SourceConfig(
             name=name,
             kind=kind,
             url=url,
             path=path,
-            timeout=float(t.number("timeout", 20.0, minimum=0.1)),
-            max_bytes=t.number("max_bytes", 10 * 1024 * 1024, minimum=1024, integer=True),
+            timeout=float(t.number("timeout", 20.0, minimum=0.1, maximum=_HOUR_S)),
+            max_bytes=t.number(
+                "max_bytes", 10 * 1024 * 1024, minimum=1024, maximum=2**30, integer=True
+            ),
             enabled=t.get("enabled", bool, True),
         )
         out.append(src)
@@ -591,13 +658,22 @@ def _schedule(t: _Table, default_tz: str) -> ScheduleSettings:
     except ValueError as e:
         raise t.error("digest_cron", f"not a valid crontab expression ({e})") from e
     settings = ScheduleSettings(
-        gather_interval_minutes=t.number("gather_interval_minutes", 30, minimum=1, integer=True),
+        gather_interval_minutes=t.number(
+            "gather_interval_minutes", 30, minimum=1, maximum=_WEEK_S // 60, integer=True
+        ),
         digest_cron=cron,
         timezone=tz,
-        misfire_grace_seconds=t.number("misfire_grace_seconds", 3600, minimum=1, integer=True),
-        lease_seconds=t.number("lease_seconds", ScheduleSettings.lease_seconds, minimum=1),
+        misfire_grace_seconds=t.number(
+            "misfire_grace_seconds", 3600, minimum=1, maximum=_WEEK_S, integer=True
+        ),
+        lease_seconds=t.number(
+            "lease_seconds", ScheduleSettings.lease_seconds, minimum=1, maximum=_DAY_S
+        ),
         stop_timeout_seconds=t.number(
-            "stop_timeout_seconds", ScheduleSettings.stop_timeout_seconds, minimum=0
+            "stop_timeout_seconds",
+            ScheduleSettings.stop_timeout_seconds,
+            minimum=0,
+            maximum=_DAY_S,
         ),
     )
     return settings
@@ -611,8 +687,11 @@ def _digest(t: _Table) -> DigestSettings:
     if section_by not in SECTION_BY:
         raise t.error("section_by", f"expected one of {', '.join(SECTION_BY)}, got {section_by!r}")
     settings = DigestSettings(
-        lookback_hours=float(t.number("lookback_hours", 24.0, minimum=0)),
-        max_items=t.number("max_items", 30, minimum=1, integer=True),
+        lookback_hours=float(
+            # The example project looks 100,000 hours back to reach its fixed 2026 dates.
+            t.number("lookback_hours", 24.0, minimum=0, maximum=1_000_000)
+        ),
+        max_items=t.number("max_items", 30, minimum=1, maximum=1_000, integer=True),
         section_by=section_by,
         subject=t.text("subject", DigestSettings.subject),
         preheader=t.text("preheader", DigestSettings.preheader),
@@ -638,32 +717,30 @@ def _mail(t: _Table) -> MailSettings:
         if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise t.error(key, "expected the NAME of an environment variable, not a value")
     base_url = t.text("base_url", None)
-    if base_url is not None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise t.error("base_url", f"expected an absolute http(s) URL, got {base_url!r}")
+    if base_url is not None and not _is_http_url(base_url):
+        raise t.error("base_url", f"expected an absolute http(s) URL, got {base_url!r}")
     region = t.text("region", "us")
     if region not in ("us", "eu"):
         raise t.error("region", f'expected "us" or "eu", got {region!r}')
     security = t.text("security", "starttls")
     if security not in SMTP_SECURITY:
         raise t.error("security", f"expected one of {', '.join(SMTP_SECURITY)}, got {security!r}")
-    rate = t.number("rate_limit", None, minimum=0.001)
+    rate = t.number("rate_limit", None, minimum=0.001, maximum=1_000_000)
     return MailSettings(
         backend=backend,
-        outbox_dir=t.path_value("outbox_dir", "outbox"),
-        batch_size=t.number("batch_size", None, minimum=1, integer=True),
-        concurrency=t.number("concurrency", 4, minimum=1, integer=True),
+        outbox_dir=t.dir_value("outbox_dir", "outbox"),
+        batch_size=t.number("batch_size", None, minimum=1, maximum=100_000, integer=True),
+        concurrency=t.number("concurrency", 4, minimum=1, maximum=256, integer=True),
         rate_limit=float(rate) if rate is not None else None,
-        max_retries=t.number("max_retries", 5, minimum=0, integer=True),
-        timeout=float(t.number("timeout", 30.0, minimum=0.1)),
+        max_retries=t.number("max_retries", 5, minimum=0, maximum=100, integer=True),
+        timeout=float(t.number("timeout", 30.0, minimum=0.1, maximum=_HOUR_S)),
         base_url=base_url.rstrip("/") if base_url else None,
         token_env=t.text("token_env", None),
         message_stream=t.text("message_stream", "broadcast"),
         domain=t.text("domain", None),
         region=region,
         host=t.text("host", None),
-        port=t.number("port", None, minimum=1, integer=True),
+        port=t.number("port", None, minimum=1, maximum=65535, integer=True),
         security=security,
         username=t.text("username", None),
         password_env=t.text("password_env", None),
@@ -705,25 +782,30 @@ def _web(t: _Table) -> WebSettings:
     )
     for proxy in proxies:
         try:
+            if not isinstance(proxy, str):  # ip_network(5) would be 0.0.0.5
+                raise TypeError(proxy)
             ipaddress.ip_network(proxy, strict=False)
         except (TypeError, ValueError) as e:
             raise t.error(
                 "trusted_proxies",
                 f"expected IP addresses or networks such as 10.0.0.0/8, got {proxy!r}",
             ) from e
-    port = t.number("port", WebSettings.port, minimum=0, integer=True)
-    if port > 65535:
-        raise t.error("port", f"must be at most 65535, got {port}")
+    port = t.number("port", WebSettings.port, minimum=0, maximum=65535, integer=True)
     return WebSettings(
         host=t.text("host", WebSettings.host),
         port=port,
         trusted_proxies=tuple(proxies),
         subscribe_rate_per_minute=float(
             t.number(
-                "subscribe_rate_per_minute", WebSettings.subscribe_rate_per_minute, minimum=0.1
+                "subscribe_rate_per_minute",
+                WebSettings.subscribe_rate_per_minute,
+                minimum=0.1,
+                maximum=1_000_000,
             )
         ),
-        confirm_hours=float(t.number("confirm_hours", WebSettings.confirm_hours, minimum=0.1)),
+        confirm_hours=float(
+            t.number("confirm_hours", WebSettings.confirm_hours, minimum=0.1, maximum=_YEAR_H)
+        ),
         postmark_webhook_user_env=user,
         postmark_webhook_password_env=password,
         sendgrid_webhook_key_env=envs["sendgrid_webhook_key_env"],
@@ -733,15 +815,48 @@ def _web(t: _Table) -> WebSettings:
 
 def _storage_url(t: _Table, loader: _Loader) -> str:
     url = t.text("url", None)
-    path = t.text("path", None)
+    path = t.path_value("path", None)
     if url is not None and path is not None:
         raise t.error("url", "give either `url` or `path`, not both")
     if url is not None:
         if "://" not in url:
             raise t.error("url", f"expected a database URL such as sqlite:///file.db, got {url!r}")
         return str(url)
-    file = loader.resolve(path or "newsletter.db")
+    file = path or loader.resolve("newsletter.db")
     return f"sqlite:///{file}"
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "http://[::1" is an invalid IPv6 URL to urlsplit
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for a server database or an in-memory one)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    name = url[len("sqlite:///") :].split("?", 1)[0]
+    if not name or name == ":memory:":
+        return None
+    return Path(name).resolve()
+
+
+def _check_output_dir(t: _Table, output: Path, config: Path | None, db: Path | None) -> None:
+    """``newsletter serve`` publishes the output directory as ``/feeds/``: one that holds the
+    database or the config (and the key files beside it) would publish them too."""
+    if output.exists() and not output.is_dir():
+        return  # dir_value already refused it
+    top = output.resolve()
+    for what, path in (("the database", db), ("the config file", config)):
+        if path is not None and path.resolve().is_relative_to(top):
+            raise t.error(
+                "output_dir",
+                f"{top} holds {what} ({path}), which `newsletter serve` would publish; "
+                "choose a folder of its own",
+            )
 
 
 def _check_timezone(t: _Table, key: str, name: str) -> None:

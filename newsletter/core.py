@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -24,8 +26,15 @@ import requests
 from newsletter import clock, rules
 from newsletter.addresses import validate_address
 from newsletter.config import Config
-from newsletter.exceptions import NewsletterError, RenderError, SubscriberError
-from newsletter.gather import gather
+from newsletter.exceptions import (
+    NewsletterError,
+    OutputError,
+    RenderError,
+    SubscriberError,
+    os_reason,
+)
+from newsletter.files import remove_leftover_temp_files
+from newsletter.gather import ItemLimits, gather
 from newsletter.mail import make_backend
 from newsletter.mail.base import MailBackend, PreparedContent
 from newsletter.node import Node
@@ -35,6 +44,7 @@ from newsletter.render.feeds import write_feeds
 from newsletter.sending import Reclaimed, StorageLedger, reclaim_expired
 from newsletter.sources import Source, make_source
 from newsletter.storage import Storage, new_digest_uid, open_storage
+from newsletter.text import clean_line
 from newsletter.tokens import ConfirmTokens, TokenError, UnsubscribeTokens
 from newsletter.types import (
     Article,
@@ -57,6 +67,7 @@ from newsletter.websub import ping_hub
 log = logging.getLogger(__name__)
 
 SECRET_META_KEY = "generated_secret"  # noqa: S105 - a key name, not a secret
+LIST_ID_META_KEY = "list_id"
 # A pending address is sent another confirmation only this long after the last one.
 CONFIRM_RESEND = timedelta(minutes=10)
 
@@ -72,6 +83,8 @@ class DigestPlan:
     # against, plus one. Creating it under that number is what makes a racing node that
     # planned against the same last digest lose, instead of sending the same news again.
     number: int = 1
+    # The articles the digest accounts for, shown or passed over (``rules.DigestChoice``).
+    covered: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +137,7 @@ class Publisher:
         self.command = command
         # Set by a signal (see ``cli``): claim nothing more, finish what is on the wire.
         self.stopping = threading.Event()
+        self._tidied = False  # leftover temporary files in the output folder removed
 
     def close(self) -> None:
         if "node" in self.__dict__:
@@ -147,14 +161,27 @@ class Publisher:
         return make_backend(self.config)
 
     @cached_property
+    def list_id(self) -> str:
+        """The list's id: the one the config gave when it was first used, kept in the database
+        from then on. It salts every unsubscribe and confirmation link, so renaming the title
+        (or moving the sender's domain) must not change it: links already sent stay valid. It
+        is the ``List-Id`` header too: RFC 2919 asks that a list's identifier persist across
+        time, and readers' mail filters match on it."""
+        configured = self.config.newsletter.list_id
+        kept = self.storage.get_or_create_meta(LIST_ID_META_KEY, lambda: configured)
+        if kept != configured:
+            log.info("list id %s kept (the config's title would make it %s)", kept, configured)
+        return kept
+
+    @cached_property
     def tokens(self) -> UnsubscribeTokens:
-        return UnsubscribeTokens(self._secret_value, self.config.newsletter.list_id)
+        return UnsubscribeTokens(self._secret_value, self.list_id)
 
     @cached_property
     def confirm_tokens(self) -> ConfirmTokens:
         return ConfirmTokens(
             self._secret_value,
-            self.config.newsletter.list_id,
+            self.list_id,
             max_age=timedelta(hours=self.config.web.confirm_hours),
         )
 
@@ -198,6 +225,10 @@ class Publisher:
                 self.storage,
                 progress=progress,
                 stopping=self.stopping,
+                limits=ItemLimits(
+                    max_tags=self.config.http.max_tags_per_item,
+                    max_title_chars=self.config.http.max_title_chars,
+                ),
             )
 
     def build_feeds(self) -> list[Path]:
@@ -206,9 +237,15 @@ class Publisher:
         archive of the digests.
 
         Returns the files (re)written; unchanged files are left untouched. A hub that refuses
-        or cannot be reached is logged and does not fail the build.
+        or cannot be reached is logged and does not fail the build. Raises ``OutputError``
+        naming the path when a file cannot be written (a full disk, a read-only folder).
         """
         storage = self.storage
+        if not self._tidied:
+            # Once per process: a build killed mid-write left temporary files (feeds, tag
+            # feeds, archive pages); only those whose writer is gone are removed.
+            remove_leftover_temp_files(self.config.feeds.output_dir)
+            self._tidied = True
 
         def history() -> Iterator[Article]:
             offset = 0
@@ -217,7 +254,13 @@ class Publisher:
                 offset += len(batch)
 
         feeds = self.config.feeds
-        written = write_feeds(history(), self.config.newsletter, feeds)
+        with _writing("feeds not written", feeds.output_dir):
+            written = write_feeds(
+                history(),
+                self.config.newsletter,
+                feeds,
+                max_tags=self.config.http.max_tags_per_item,
+            )
         if feeds.websub_hub and written.changed:
             ping_hub(
                 feeds.websub_hub,
@@ -235,9 +278,10 @@ class Publisher:
         digests = self.storage.list_digests()
         if not digests:
             return []
-        return archive.write_archive(
-            digests, renderer=self.renderer, output_dir=self.config.feeds.output_dir
-        )
+        with _writing("archive not written", self.config.feeds.output_dir):
+            return archive.write_archive(
+                digests, renderer=self.renderer, output_dir=self.config.feeds.output_dir
+            )
 
     # --- digests ---------------------------------------------------------------------------------
 
@@ -245,9 +289,8 @@ class Publisher:
         """The articles the next digest would carry (see README, "What goes into a digest")."""
         now = clock.now()
         last = self.storage.last_digest()
-        candidates = self.storage.undigested_articles(
-            gathered_after=last.created_at if last else None
-        )
+        # No time or id watermark: what no digest covered yet, whenever it was gathered.
+        candidates = self.storage.undigested_articles()
         limit = self.config.digest.max_items
         choice = rules.choose_digest_articles(
             candidates,
@@ -263,6 +306,7 @@ class Publisher:
             more=more,
             first=last is None,
             number=last.number + 1 if last else 1,
+            covered=choice.covered,
         )
 
     def render_next_digest(self, *, force: bool = False) -> RenderedDigest | None:
@@ -437,6 +481,7 @@ class Publisher:
             text=rendered.text,
             # Only what the digest shows: articles left out for size are in its "more".
             article_ids=[a.id for a in rendered.articles],
+            covered_ids=plan.covered,
             now=now,
             batch_size=self.backend.batch_size_for(PreparedContent(content)),
             fire=fire,
@@ -479,7 +524,7 @@ class Publisher:
         next ``build_feeds`` (``newsletter feeds``, every scheduled gather) writes it again."""
         try:
             self.write_archive()
-        except (OSError, RenderError) as e:
+        except (OutputError, RenderError) as e:
             log.error("digest %d: the web archive was not written: %s", digest.number, e)
 
     def plan_send(self, *, force: bool = False, resend_uncertain: bool = False) -> SendPlan:
@@ -568,12 +613,14 @@ class Publisher:
         return MessageContent(
             digest_id=digest_id,
             digest_uid=uid,
-            subject=subject,
+            # Every backend's subject: a digest stored before subjects were scrubbed may
+            # still hold a feed title's control characters.
+            subject=clean_line(subject),
             from_addr=nl.sender,
             html=html,
             text=text,
             reply_to=nl.reply_to,
-            list_id=nl.list_id,
+            list_id=self.list_id,
             message_id_domain=nl.domain,
             unsubscribe_mailto=f"mailto:{nl.sender_email}?subject=unsubscribe",
         )
@@ -605,9 +652,13 @@ class Publisher:
         rejected: list[tuple[int, str, str]] = []
         seen: set[str] = set()
         duplicates = 0
-        for line, email, name in _read_csv(path):
+        for line, email, name, problem in _read_csv(path):
+            if problem is not None:
+                rejected.append((line, email, problem))
+                continue
             try:
                 address = validate_address(email)
+                clean = _clean_name(name)
             except SubscriberError as e:
                 rejected.append((line, email, e.message))
                 continue
@@ -615,7 +666,7 @@ class Publisher:
                 duplicates += 1
                 continue
             seen.add(address.lower())
-            good.append((address, _clean_name(name)))
+            good.append((address, clean))
         added, present = self.storage.add_subscribers(good, clock.now())
         return ImportReport(
             added=added, already_present=present + duplicates, rejected=tuple(rejected)
@@ -717,35 +768,84 @@ class Publisher:
         )
 
 
+# Control characters (C0, DEL, C1) and lone surrogates, left in a name once whitespace is
+# folded. A name goes into the To: header and the greeting: a NUL or an ESC there makes every
+# delivery to that subscriber fail, long after the form or the import said yes.
+_NAME_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# What the "surrogateescape" error handler makes of an undecodable byte (PEP 383).
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+@contextmanager
+def _writing(what: str, folder: Path) -> Iterator[None]:
+    """Turn a failed file write into ``OutputError`` naming the path (the folder when the
+    operating system does not say which file) and its reason ("No space left on device")."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(what, path=e.filename or folder, reason=os_reason(e)) from e
+
+
 def _clean_name(name: str | None) -> str | None:
+    """A subscriber's name with its whitespace folded (line breaks included: a name ends up in
+    the To: header, and must stay one header). Raises ``SubscriberError`` for a name with any
+    other control character, or with a lone surrogate (no encoder would take it)."""
     if name is None:
         return None
-    # A name ends up in the To: header; folding line breaks keeps it one header.
     cleaned = " ".join(name.split())
+    bad = _NAME_CONTROL.search(cleaned)
+    if bad is not None:
+        shown = bad.group().encode("unicode_escape").decode("ascii")
+        raise SubscriberError(f"a name must not contain control characters (found {shown})")
     return cleaned or None
 
 
-def _read_csv(path: Path) -> Iterator[tuple[int, str, str | None]]:
-    """Yield (line number, email, name) for each data row of a subscribers CSV."""
+def _read_csv(path: Path) -> Iterator[tuple[int, str, str | None, str | None]]:
+    """Yield (line number, email, name, problem) for each data row of a subscribers CSV.
+
+    ``problem`` is why a row could not be read (bytes that are not UTF-8, a malformed CSV
+    record); the row's email is then shown as written, with escapes. One bad row never stops
+    the others. Raises ``SubscriberError`` only when the file cannot be read at all.
+    """
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        # surrogateescape: an undecodable byte becomes a marker in its own row instead of an
+        # exception that would end the whole import.
+        handle = path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
     except OSError as e:
         raise SubscriberError(f"cannot read {path}: {e.strerror}") from e
     with handle:
         reader = csv.reader(handle)
         first = True
-        try:
-            for row in reader:
-                line = reader.line_num
-                if not row or not any(cell.strip() for cell in row):
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                # The reader starts afresh on the next record after an error.
+                first = False
+                yield reader.line_num, "", None, f"not a readable CSV row: {e}"
+                continue
+            except OSError as e:
+                raise SubscriberError(f"cannot read {path}: {e.strerror}") from e
+            line = reader.line_num
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            undecodable = next((m for c in row if (m := _UNDECODABLE.search(c))), None)
+            if undecodable is not None:
+                first = False
+                byte = ord(undecodable.group()) - 0xDC00
+                shown = row[0].strip().encode("utf-8", "surrogateescape")
+                yield (
+                    line,
+                    shown.decode("utf-8", "backslashreplace"),
+                    None,
+                    f"not valid UTF-8 (byte 0x{byte:02x})",
+                )
+                continue
+            if first:
+                first = False
+                if row[0].strip().lower() in ("email", "e-mail", "address", "email address"):
                     continue
-                if first:
-                    first = False
-                    if row[0].strip().lower() in ("email", "e-mail", "address", "email address"):
-                        continue
-                name = row[1].strip() if len(row) > 1 and row[1].strip() else None
-                yield line, row[0].strip(), name
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise SubscriberError(
-                f"{path}: not a readable CSV file: {e}", line=reader.line_num
-            ) from e
+            name = row[1].strip() if len(row) > 1 and row[1].strip() else None
+            yield line, row[0].strip(), name, None

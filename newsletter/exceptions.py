@@ -6,6 +6,7 @@
     ├── ConfigError        a config file or value is wrong: carries file, key path, line
     ├── SourceError        a source could not be fetched or parsed: carries name, URL, status
     ├── StorageError       the database could not be opened, migrated or written
+    ├── OutputError        a file we write (feeds, archive) could not be written: carries the path
     ├── RenderError        a template or the CSS inliner failed: carries the template name
     ├── SubscriberError    an address or subscriber operation was refused: carries the address, line
     └── MailError          a mail backend failed: carries backend, status, the provider's message,
@@ -19,7 +20,12 @@ them. Each class renders a ``__str__`` that tells a user what went wrong and whe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from newsletter.types import DeliveryResult
 
 
 class NewsletterError(Exception):
@@ -87,6 +93,24 @@ class StorageError(NewsletterError):
     """The database could not be opened, migrated, read or written."""
 
 
+class OutputError(NewsletterError):
+    """A file could not be written (a full disk, a read-only or missing folder): an error of
+    the machine, not of the data. Carries the path and the operating system's reason."""
+
+    def __init__(self, message: str, *, path: Path | str, reason: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.message}: cannot write {self.path}: {self.reason}"
+
+
+def os_reason(error: OSError) -> str:
+    """The operating system's words for ``error`` ("No space left on device")."""
+    return error.strerror or str(error) or type(error).__name__
+
+
 class RenderError(NewsletterError):
     """A template could not be rendered, or the rendered digest could not be inlined."""
 
@@ -130,9 +154,13 @@ class MailError(NewsletterError):
         retryable: bool = False,
         fatal: bool = False,
         uncertain: bool = False,
+        delivered: Sequence[DeliveryResult] = (),
     ) -> None:
         super().__init__(message)
         self.backend = backend
+        # Recipients of the batch that were delivered before the batch failed (a backend that
+        # sends one by one, such as the outbox): recorded as such, the rest stay pending.
+        self.delivered = tuple(delivered)
         self.status = status
         self.provider_message = provider_message
         # How the send loop treats the batch that raised this:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -48,21 +48,38 @@ def content_hash(a: ArticleData) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def fingerprint(a: ArticleData) -> tuple[str, str] | None:
+    """What identifies an article whose id cannot be trusted: its canonical link and content
+    hash. None without a link: content alone is not an identity (two link-less posts may say
+    the same thing)."""
+    return (a.url, content_hash(a)) if a.url else None
+
+
 def article_writes(
-    articles: Iterable[ArticleData], stored: Mapping[str, StoredArticleState], now: datetime
+    articles: Iterable[ArticleData],
+    stored: Mapping[str, StoredArticleState],
+    now: datetime,
+    known: Collection[tuple[str, str]] = frozenset(),
 ) -> tuple[list[ArticleWrite], int]:
     """What to store of a fetch: (writes, unchanged count).
 
     A new article without a date, or dated in the future, is dated when we first saw it: the
     honest time. A changed one keeps its stored date unless the source now gives a past one,
     and its ``updated`` is the source's (past) value or now, never before ``published``.
+
+    An article under a key not stored whose ``fingerprint`` is in ``known`` (the source
+    already has an article with that link and content) is the same article under an id that
+    changed: unchanged, not new. Some feeds make a fresh guid on every request; each fetch
+    would otherwise be "news" and send a digest of nothing new.
     """
     writes: list[ArticleWrite] = []
     unchanged = 0
     for a in articles:
         digest = content_hash(a)
         old = stored.get(a.key)
-        if old is None:
+        if old is None and a.url and (a.url, digest) in known:
+            unchanged += 1
+        elif old is None:
             published = a.published if a.published and a.published <= now else now
             updated = max(a.updated or published, published)
             writes.append(ArticleWrite(a, published, updated, digest))
@@ -84,6 +101,9 @@ def article_writes(
 class DigestChoice:
     articles: tuple[Article, ...]  # newest first, at most ``max_items``
     more: int  # eligible articles beyond ``max_items``
+    # Every candidate, shown or not: the digest accounts for them all, so none comes back in
+    # a later digest (the old back catalogue, what did not fit). Sorted ids.
+    covered: tuple[int, ...] = ()
 
 
 def choose_digest_articles(
@@ -93,19 +113,23 @@ def choose_digest_articles(
     lookback_start: datetime,
     max_items: int,
 ) -> DigestChoice:
-    """The next digest's articles, from ``candidates``: stored articles in no digest yet and,
-    after the first digest, gathered since the last one.
+    """The next digest's articles, from ``candidates``: the stored articles no digest has
+    covered yet, whenever (and by whatever clock) they were gathered.
 
     The first digest takes only articles published since ``lookback_start``, so subscribers do
     not get the sources' whole back catalogue; later, a source's back catalogue (found on its
     first fetch) is held to the same look-back. Newest first, ties by id, so the order is
-    stable.
+    stable. The digest covers every candidate, shown or passed over: what it leaves out
+    (beyond ``max_items``, outside the look-back) is not offered again by the next one.
     """
-    eligible = [
-        a for a in candidates if a.published >= lookback_start or (not first and not a.backfill)
-    ]
+    pool = list(candidates)
+    eligible = [a for a in pool if a.published >= lookback_start or (not first and not a.backfill)]
     eligible.sort(key=lambda a: (a.published, a.id), reverse=True)
-    return DigestChoice(tuple(eligible[:max_items]), max(0, len(eligible) - max_items))
+    return DigestChoice(
+        tuple(eligible[:max_items]),
+        max(0, len(eligible) - max_items),
+        tuple(sorted(a.id for a in pool)),
+    )
 
 
 # --- delivering ----------------------------------------------------------------------------------

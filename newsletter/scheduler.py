@@ -34,7 +34,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from newsletter import clock
 from newsletter.core import Publisher
-from newsletter.exceptions import NewsletterError
+from newsletter.exceptions import NewsletterError, OutputError
 from newsletter.schedule import CronSchedule, Fire, IntervalSchedule, JobSchedule
 from newsletter.types import RunStatus
 
@@ -67,7 +67,12 @@ def digest_job(
     then left open for a node to take over."""
     # Gather first so the digest carries what was published up to the minute it is sent.
     if gather_first:
-        gather_job(publisher)
+        try:
+            gather_job(publisher)
+        except OutputError as e:
+            # The feeds and the mail are independent: a feeds folder that cannot be written
+            # must not hold back the digest (the next gather writes the feeds again).
+            log.error("%s; the digest goes out all the same", e)
     if publisher.stopping.is_set():
         return None
     report = publisher.send_digest(fire=fire)

@@ -115,7 +115,12 @@ class StorageLedger:
             self.digest_id, batch.key, self.node.id, results, clock.now()
         )
 
-    def release(self, batch: Batch) -> None:
+    def release(self, batch: Batch, delivered: Sequence[DeliveryResult] = ()) -> None:
+        if delivered and not self.storage.record_results(
+            self.digest_id, batch.key, self.node.id, delivered, clock.now(), final=False
+        ):
+            log.warning("batch %s: not recorded, this node's lease on it had run out", batch.key)
+            return
         if not self.storage.release_batch(self.digest_id, batch.key, self.node.id):
             log.warning("batch %s: not given back, this node's lease on it had run out", batch.key)
 

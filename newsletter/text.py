@@ -1,7 +1,8 @@
 """Plain-text helpers shared by gathering (summaries) and rendering (subjects, text parts).
 
-Owns turning HTML fragments into one line of text, shortening text at a word boundary and
-wrapping text for e-mail. Knows nothing of articles, templates or storage.
+Owns turning HTML fragments into one line of text, shortening text at a word boundary,
+wrapping text for e-mail, and scrubbing characters no text from outside may carry (lone
+surrogates, control characters). Knows nothing of articles, templates or storage.
 """
 
 from __future__ import annotations
@@ -11,6 +12,36 @@ import textwrap
 from html.parser import HTMLParser
 
 TEXT_WIDTH = 72  # RFC 3676 suggests <= 78; 72 leaves room for quoting ("> ") in replies
+
+# A str decoded from JSON ("\ud800") or built by a lenient parser can hold a lone surrogate,
+# which no encoder accepts: the first ``.encode()`` (a database driver, a hash, a file) raises
+# UnicodeEncodeError. A valid pair never survives decoding as two code points, so every
+# surrogate in a str is a lone one.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Control characters in text that may span lines (HTML, summaries): C0 except tab, newline and
+# carriage return, DEL, and C1; and the noncharacters U+FFFE and U+FFFF. NUL is refused by
+# PostgreSQL, most of the others by XML 1.0 (lxml) or by every terminal and mail header.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]")
+# On one line (titles, names, tags, headers) tabs and line breaks become spaces.
+_BREAKS = re.compile("[\t\n\r\u2028\u2029]")
+
+
+def has_unsafe_chars(text: str) -> bool:
+    """Whether ``clean_text`` would change ``text``."""
+    return bool(_SURROGATE.search(text) or _CONTROL.search(text))
+
+
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates replaced by U+FFFD and control characters removed;
+    tabs and line breaks are kept."""
+    return _CONTROL.sub("", _SURROGATE.sub("\ufffd", text))
+
+
+def clean_line(text: str) -> str:
+    """``text`` as one clean line: as ``clean_text``, with tabs and line breaks turned into
+    spaces and whitespace collapsed. For titles, names, tags and anything bound for a mail
+    header."""
+    return " ".join(clean_text(_BREAKS.sub(" ", text)).split())
 
 
 def shorten(text: str, limit: int) -> str:

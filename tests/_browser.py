@@ -61,15 +61,16 @@ def launch(playwright: Playwright) -> Browser:
 class ServerThread:
     """A Starlette app under uvicorn in a thread, on 127.0.0.1 and a free port.
 
-    Use as a context manager; ``url`` is the base URL (no trailing slash).
+    Use as a context manager; ``url`` is the base URL (no trailing slash). ``options`` go to
+    ``make_server`` (its connection deadlines and limits).
     """
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette, **options: Any) -> None:
         self.app = app
         self.sock = bind("127.0.0.1", 0)
         self.port: int = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = make_server(app, stopping=app.state.site.stopping)
+        self.server = make_server(app, stopping=app.state.site.stopping, **options)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
         )

@@ -81,10 +81,12 @@ class ListLedger:
             self.results.extend(results)
         return True
 
-    def release(self, batch: Batch) -> None:
+    def release(self, batch: Batch, delivered: Sequence[DeliveryResult] = ()) -> None:
         with self._lock:
+            self.results.extend(delivered)
             self.released.append(batch)
-            self.pending[:0] = batch.recipients
+            done = {r.subscriber_id for r in delivered}
+            self.pending[:0] = [r for r in batch.recipients if r.subscriber_id not in done]
 
     def uncertain(self, batch: Batch) -> None:
         with self._lock:

@@ -19,13 +19,15 @@ from urllib.parse import urlsplit
 
 @dataclass(frozen=True)
 class Reply:
-    """What the server answers. ``delay`` waits before answering; ``chunked`` omits the length."""
+    """What the server answers. ``delay`` waits before answering; ``chunked`` omits the length;
+    ``reason`` replaces the status line's reason phrase."""
 
     status: int = 200
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0
     chunked: bool = False
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class LoopbackServer:
         if reply.delay and self._stopping.wait(reply.delay):
             h.close_connection = True
             return
-        h.send_response(reply.status)
+        h.send_response(reply.status, reply.reason)
         for name, value in reply.headers.items():
             h.send_header(name, value)
         if reply.chunked:

@@ -267,12 +267,17 @@ def test_make_backend(tmp_path: Path) -> None:
     assert "carrier-pigeon" in str(info.value)
 
 
-def test_a_file_that_cannot_be_written_fails_that_recipient_only(tmp_path: Path) -> None:
+def test_a_file_that_cannot_be_written_stops_the_send_and_fails_nobody(tmp_path: Path) -> None:
+    """The machine's fault, not the recipient's: the send stops naming the path and the
+    reason, what was written is recorded, the rest is given back (pending), none failed."""
     backend = OutboxBackend(tmp_path)
     blocked = backend.path_for(7, RECIPIENTS[1])
     blocked.mkdir(parents=True)  # a folder where the message should go
     ledger = ListLedger(RECIPIENTS)
-    assert backend.send(content(), ledger) == SendCounts(sent=2, failed=1)
-    failed = ledger.results[1]
-    assert failed.status == DeliveryStatus.FAILED
-    assert failed.error is not None and failed.error.startswith("outbox: cannot write")
+    counts = backend.send(content(), ledger)
+    assert (counts.sent, counts.failed) == (1, 0)
+    assert counts.stopped is not None and counts.stopped.fatal
+    assert str(blocked) in str(counts.stopped) and "Is a directory" in str(counts.stopped)
+    assert [r.email for r in ledger.results] == [RECIPIENTS[0].email]
+    assert all(r.status == DeliveryStatus.SENT for r in ledger.results)
+    assert [r.email for r in ledger.pending] == [r.email for r in RECIPIENTS[1:]]

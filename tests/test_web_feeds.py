@@ -180,7 +180,7 @@ def test_feeds_and_archive_have_the_right_types_and_validators(site: Running) ->
     assert raw_get(site, "/archive/index.html")[2] == index
     conn = http.client.HTTPConnection("127.0.0.1", site.server.port, timeout=10)
     conn.request("GET", "/archive")
-    assert conn.getresponse().getheader("location") == "/archive/"
+    assert conn.getresponse().getheader("location") == site.url + "/archive/"
     conn.close()
 
 
@@ -301,7 +301,7 @@ def test_healthz_reports_database_and_feeds(example_project: Path) -> None:
         assert requests.get(site.url + "/healthz", timeout=10).json()["feeds"] is True
         assert (
             requests.get(site.url + "/", timeout=10, allow_redirects=False).headers["location"]
-            == "/subscribe"
+            == site.url + "/subscribe"
         )
 
 

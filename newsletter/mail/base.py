@@ -13,7 +13,8 @@ How the loop treats a batch whose ``send_batch`` raised ``MailError``:
   provider); any other marks it uncertain, re-sent only with ``send --resend-uncertain``.
 - ``retryable`` (429/5xx after retries, outage) or ``fatal`` (bad credentials, bad config):
   the batch goes back to pending, no further batch is started, and ``send`` reports the error
-  in ``SendCounts.stopped``; a later run resumes.
+  in ``SendCounts.stopped``; a later run resumes. Recipients the error lists as ``delivered``
+  (a backend that sends one by one got that far) are recorded; only the rest go back.
 - anything else (the provider refused this batch's payload): every recipient of the batch is
   recorded as failed with the provider's reason.
 
@@ -74,8 +75,9 @@ class Ledger(Protocol):
         """Store the outcome of each recipient of a batch and close it. False when this node
         lost the batch's lease meanwhile: nothing was stored."""
 
-    def release(self, batch: Batch) -> None:
-        """Give back a batch that was certainly not accepted, keeping its key."""
+    def release(self, batch: Batch, delivered: Sequence[DeliveryResult] = ()) -> None:
+        """Give back a batch that was certainly not accepted, keeping its key; the recipients
+        in ``delivered`` were, and are recorded as such first (never sent again)."""
 
     def uncertain(self, batch: Batch) -> None:
         """The batch went out and its answer was lost: it may have been accepted."""
@@ -264,7 +266,11 @@ class MailBackend(abc.ABC):
                         uncertain += len(batch)
                     return
                 if e.retryable or e.fatal:
-                    ledger.release(batch)
+                    ledger.release(batch, e.delivered)
+                    sent += sum(r.status == DeliveryStatus.SENT for r in e.delivered)
+                    failed += sum(r.status == DeliveryStatus.FAILED for r in e.delivered)
+                    if e.delivered and progress is not None:
+                        progress(e.delivered)
                     if stopped is None and not stop.is_set():
                         log.error("sending stopped: %s", e)
                         stopped = e

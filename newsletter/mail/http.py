@@ -39,6 +39,7 @@ from newsletter import __version__, clock
 from newsletter.exceptions import MailError
 from newsletter.mail.base import Batch, MailBackend, PreparedContent
 from newsletter.mail.message import check_recipient
+from newsletter.text import clean_line
 from newsletter.types import DeliveryResult, DeliveryStatus, Recipient
 
 if TYPE_CHECKING:
@@ -353,8 +354,9 @@ def refused_results(
 
 
 def display_address(recipient: Recipient) -> str:
-    """``"Name" <address>`` for a provider that takes addresses as text (it encodes the name)."""
-    return str(Address(display_name=recipient.name or "", addr_spec=recipient.email))
+    """``"Name" <address>`` for a provider that takes addresses as text (it encodes the name,
+    but not the control characters a name from outside may hold: those are removed here)."""
+    return str(Address(display_name=clean_line(recipient.name or ""), addr_spec=recipient.email))
 
 
 def sent_result(recipient: Recipient, message_id: str | None) -> DeliveryResult:

@@ -20,12 +20,13 @@ from collections.abc import Callable
 from datetime import datetime
 from email.headerregistry import AddressHeader
 from email.message import EmailMessage
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any
 from urllib.parse import urlsplit
 
 from newsletter.exceptions import MailError
 from newsletter.mail.base import PreparedContent
+from newsletter.text import clean_line
 from newsletter.types import MessageContent, Recipient
 
 # The SMTP policy (CRLF, 78-column folding), except that headers stored raw stay as written.
@@ -169,11 +170,14 @@ def _headers(
         raise fail("the Date must be timezone-aware")
 
     msg_id = message_id(shared, recipient)
-    # Headers parsed by the policy: folded and, where needed, RFC 2047-encoded on output.
+    # Headers parsed by the policy: folded and, where needed, RFC 2047-encoded on output. The
+    # email package encodes non-ASCII text but passes control characters through raw: NUL,
+    # ESC, BEL, BS and DEL from a feed's title would reach the wire as they are. Text from
+    # outside (the subject, display names) is scrubbed to one clean line first.
     headers = [
-        ("From", shared.from_addr),
-        ("To", formataddr((recipient.name or "", recipient.email))),
-        ("Subject", shared.subject),
+        ("From", _clean_address(shared.from_addr)),
+        ("To", formataddr((_scrub(recipient.name or ""), recipient.email))),
+        ("Subject", _scrub(shared.subject)),
         ("Date", format_datetime(date)),
         ("Message-ID", msg_id),
     ]
@@ -195,6 +199,22 @@ def _headers(
     if not _MESSAGE_ID.fullmatch(msg_id):
         raise fail(f"invalid Message-ID {msg_id!r}")
     return headers, raw
+
+
+def _scrub(text: str) -> str:
+    """Header text scrubbed of control characters, except a line break: in a value that
+    reaches this far (the renderer already makes subjects one line) it is a header injection
+    attempt, left in so that the check refuses the message."""
+    return text if "\r" in text or "\n" in text else clean_line(text)
+
+
+def _clean_address(value: str) -> str:
+    """A formatted address with its display name scrubbed (the address itself is checked
+    as it is: an address with a control character in it is refused, not rewritten)."""
+    if "\r" in value or "\n" in value:
+        return value
+    name, addr = parseaddr(value)
+    return formataddr((clean_line(name), addr)) if addr else value
 
 
 def _check(msg: EmailMessage, fail: Callable[[str], MailError]) -> None:

@@ -6,6 +6,10 @@ backend would, so a digest that passes here has well-formed mail. Files go to
 ``<directory>/<digest_id>/<subscriber_id>-<address>.eml``, written atomically; writing the same
 recipient again replaces the file, so re-sending a batch after a crash is harmless.
 
+A file that cannot be written (a full disk, a read-only folder) is the machine's fault, not the
+recipient's: the send stops (``MailError`` with ``fatal``) naming the path and the reason, the
+recipients written so far are recorded, and the rest stay pending for the next run.
+
 Does not own: the send loop (``MailBackend.send``) or anything about who receives what.
 """
 
@@ -18,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from newsletter import clock
-from newsletter.exceptions import MailError
-from newsletter.files import atomic_write
+from newsletter.exceptions import MailError, os_reason
+from newsletter.files import atomic_write, remove_leftover_temp_files
 from newsletter.mail.base import Batch, MailBackend, PreparedContent
 from newsletter.mail.message import build_message
 from newsletter.types import DeliveryResult, DeliveryStatus, Recipient
@@ -45,6 +49,12 @@ class OutboxBackend(MailBackend):
     def describe(self) -> str:
         return f"outbox ({self.directory})"
 
+    def open(self) -> bool:
+        # A send killed mid-write left a temporary file; its writer is gone, so it goes.
+        # Those of a send running beside this one are kept (``remove_leftover_temp_files``).
+        remove_leftover_temp_files(self.directory)
+        return False
+
     @classmethod
     def from_config(cls, config: Config) -> Self:
         cls.check_batch_size(config)
@@ -57,25 +67,40 @@ class OutboxBackend(MailBackend):
 
     def send_batch(self, content: PreparedContent, batch: Batch) -> list[DeliveryResult]:
         date = clock.now()
-        return [self._write(content, recipient, date) for recipient in batch.recipients]
+        results: list[DeliveryResult] = []
+        for recipient in batch.recipients:
+            results.append(self._write(content, recipient, date, results))
+        return results
 
     def _write(
-        self, content: PreparedContent, recipient: Recipient, date: datetime
+        self,
+        content: PreparedContent,
+        recipient: Recipient,
+        date: datetime,
+        done: list[DeliveryResult],
     ) -> DeliveryResult:
-        """One recipient; a message that fails validation or cannot be written is FAILED."""
+        """One recipient; a message that fails validation is FAILED. A file that cannot be
+        written stops the send (see the module docstring); ``done`` is what the batch wrote
+        before it."""
         try:
             msg = build_message(content, recipient, date=date, backend=self.name)
-            path = self.path_for(content.content.digest_id, recipient)
+        except MailError as e:
+            log.warning("not written: %s", e)
+            return self._failed(recipient, str(e))
+        path = self.path_for(content.content.digest_id, recipient)
+        try:
             # The message's own policy: CRLF line ends (RFC 5322), long raw headers unfolded.
             # Not fsynced: the delivery ledger (SQLite, synchronous=NORMAL) does not fsync each
             # commit either, and a killed process loses neither; a power cut may lose both.
             atomic_write(path, msg.as_bytes(), durable=False)
-        except MailError as e:
-            log.warning("not written: %s", e)
-            return self._failed(recipient, str(e))
         except OSError as e:
-            log.error("cannot write the message to %s: %s", recipient.email, e)
-            return self._failed(recipient, f"{self.name}: cannot write {e.filename}: {e.strerror}")
+            # e.filename is None for a failed write() (ENOSPC): the path is ours to name.
+            raise MailError(
+                f"cannot write {path}: {os_reason(e)}",
+                backend=self.name,
+                fatal=True,
+                delivered=done,
+            ) from e
         log.debug("wrote %s", path)
         return DeliveryResult(
             subscriber_id=recipient.subscriber_id,

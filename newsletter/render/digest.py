@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
+from html import escape
 from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
@@ -32,7 +33,7 @@ from premailer import Premailer
 from newsletter.config import Config
 from newsletter.exceptions import RenderError
 from newsletter.render import personalize
-from newsletter.text import html_to_text, shorten, wrap_text
+from newsletter.text import clean_line, clean_text, html_to_text, shorten, wrap_text
 from newsletter.types import Article
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,14 @@ IMAGE_WIDTH = 536  # px: the 600 px column less its padding; the width attribute
 # placeholder).
 HTML_MAX_BYTES = 100_000
 UNTAGGED = "More"
+# What one article may bring into a digest, whatever its source sent: a 200,000-character
+# title is shown twice (heading and image alt text) and would fill the budget on its own.
+TITLE_MAX = 300
+AUTHOR_MAX = 100
+URL_MAX = 2000  # longer links are dropped: no mail client or browser handles them well
+TAGS_MAX = 10
+TAG_MAX = 60
+SUMMARY_HTML_MAX = 5000  # a stored summary is at most ~1,000 characters of text; this is markup
 
 
 @dataclass(frozen=True)
@@ -145,10 +154,16 @@ class DigestRenderer:
         """
         if not articles:
             raise RenderError("a digest needs at least one article")
-        shown = list(articles)
+        # The digest shows trimmed copies; storage keeps the articles as they are.
+        shown = [_trimmed(a) for a in articles]
         while True:
             rendered = self._render(shown, now=now, more=more, archive_url=archive_url)
             size = rendered.size
+            if size > HTML_MAX_BYTES and len(shown) == 1 and shown[0] != _compact(shown[0]):
+                # One article still too big: a template that shows the whole content, say.
+                # It goes in as its excerpt, with the link to the rest.
+                shown = [_compact(shown[0])]
+                continue
             if size <= HTML_MAX_BYTES or len(shown) == 1:
                 break
             # Every article costs about the same once inlined; dropping the estimate usually
@@ -157,6 +172,8 @@ class DigestRenderer:
             drop = min(len(shown) - 1, max(1, math.ceil((size - HTML_MAX_BYTES) / per_article)))
             shown = shown[:-drop]
             more += drop
+        # Callers get the articles they gave (the ones shown), not the trimmed copies.
+        rendered = replace(rendered, articles=tuple(articles[: len(shown)]))
         left_out = len(articles) - len(shown)
         if left_out:
             log.warning(
@@ -190,7 +207,7 @@ class DigestRenderer:
         }
         subject = self._subject(base)
         with template_errors(PREHEADER_TEMPLATE):
-            preheader = shorten(self.preheader_template.render(base), PREHEADER_MAX)
+            preheader = shorten(clean_line(self.preheader_template.render(base)), PREHEADER_MAX)
         context = {
             **base,
             "sections": self._sections(articles),
@@ -220,14 +237,14 @@ class DigestRenderer:
         length does not depend on the title is cut at the end as a last resort.
         """
         with template_errors(SUBJECT_TEMPLATE):
-            full = " ".join(self.subject_template.render(base).split())
+            full = clean_line(self.subject_template.render(base))
             subject = full
             lead: Article = base["lead"]
-            title = " ".join(lead.title.split())
+            title = clean_line(lead.title)
             limit = len(title) - (len(subject) - SUBJECT_MAX)
             while len(subject) > SUBJECT_MAX and limit >= SUBJECT_MIN_TITLE:
                 short = replace(lead, title=shorten(title, limit))
-                subject = " ".join(self.subject_template.render({**base, "lead": short}).split())
+                subject = clean_line(self.subject_template.render({**base, "lead": short}))
                 limit -= max(1, len(subject) - SUBJECT_MAX)
         if len(subject) > SUBJECT_MAX:
             subject = shorten(full, SUBJECT_MAX)
@@ -309,6 +326,50 @@ class _OverridesLoader(jinja2.BaseLoader):
 
     def list_templates(self) -> list[str]:
         return sorted({name for loader in self.loaders for name in loader.list_templates()})
+
+
+def _trimmed(article: Article) -> Article:
+    """``article`` as a digest shows it: each field held to a size that a source cannot
+    inflate, and no character that does not belong in a line of text."""
+    # Stored text is clean since gathering scrubs it, but rows stored before then may hold a
+    # NUL or a lone surrogate, which lxml (premailer) and every encoder refuse.
+    summary = clean_text(article.summary)
+    if len(summary) > SUMMARY_HTML_MAX:
+        # The excerpt needs the first few hundred characters of text; parsing a megabyte of
+        # markup for them would cost seconds per article.
+        summary = escape(excerpt(summary[: 4 * SUMMARY_HTML_MAX]), quote=False)
+    tags = tuple(t for t in (_cut(clean_line(t), TAG_MAX) for t in article.tags[:TAGS_MAX]) if t)
+    return replace(
+        article,
+        title=_cut(clean_line(article.title), TITLE_MAX),
+        author=_cut(clean_line(article.author), AUTHOR_MAX) or None if article.author else None,
+        url=_link(article.url),
+        image_url=_link(article.image_url),
+        summary=summary,
+        content=clean_text(article.content),
+        tags=tags,
+    )
+
+
+def _compact(article: Article) -> Article:
+    """The least an article can be in a digest: its title, link and the excerpt of its
+    summary, with no content and no image."""
+    return replace(
+        article,
+        title=_cut(article.title, SUBJECT_MAX),
+        summary=escape(excerpt(article.summary), quote=False),
+        content="",
+        image_url=None,
+        tags=article.tags[:1],
+    )
+
+
+def _link(url: str | None) -> str | None:
+    return clean_text(url) if url and len(url) <= URL_MAX else None
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else shorten(text, limit)
 
 
 def excerpt(fragment: str | None, limit: int = SUMMARY_MAX) -> str:

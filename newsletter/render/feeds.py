@@ -61,7 +61,7 @@ from newsletter import __version__
 from newsletter.config import FeedSettings, NewsletterSettings
 from newsletter.exceptions import RenderError
 from newsletter.files import atomic_write
-from newsletter.text import html_to_text
+from newsletter.text import clean_line, html_to_text, shorten
 from newsletter.types import Article
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,15 @@ _IMAGE_TYPES = {
 
 _PLAIN_TAG = re.compile(r"[a-z0-9]+(?:[ _-]+[a-z0-9]+)*")
 _SLUG_MAX = 60
+# Bounds on what stored data can make us write, whatever a source sent before gathering
+# capped it: tags listed per item (``write_feeds(max_tags=...)``, the same
+# ``[http] max_tags_per_item`` that gathering applies), characters of a tag's name, and tag
+# feeds per build. Each tag feed is three documents plus pages, so the tag feeds are what
+# grows: past the cap, the tags that arrived first keep their feeds (a stable choice) and the
+# rest are counted in a warning.
+MAX_ITEM_TAGS = 50
+MAX_TAG_CHARS = 100
+MAX_TAG_FEEDS = 500
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ class WrittenFeeds:
     paths: tuple[Path, ...]  # feed documents (re)written, current feeds and archive pages
     changed: tuple[str, ...]  # public URLs of the current feeds among them (to ping a hub)
     removed: tuple[Path, ...]  # files of tags that no longer exist, or pages past the end
+    tags_without_feed: int = 0  # tags past MAX_TAG_FEEDS: listed in items, no feed of their own
 
 
 @dataclass(frozen=True)
@@ -178,7 +188,12 @@ def read_tag_index(output_dir: Path) -> list[TagFeed]:
 
 
 def write_feeds(
-    history: Iterable[Article], newsletter: NewsletterSettings, settings: FeedSettings
+    history: Iterable[Article],
+    newsletter: NewsletterSettings,
+    settings: FeedSettings,
+    *,
+    max_tags: int = MAX_ITEM_TAGS,
+    max_tag_feeds: int = MAX_TAG_FEEDS,
 ) -> WrittenFeeds:
     """Write every feed and archive page into ``settings.output_dir`` from ``history``.
 
@@ -186,22 +201,30 @@ def write_feeds(
     ``Storage.articles_page`` returns them; it is read once, and only the pages being built
     are held in memory. A file whose content did not change is left alone (and its mtime
     with it). Pages past the last full one and the folders of tags no article carries any
-    more are deleted. Raises ``RenderError`` when feedgen refuses the data: the newsletter's
-    own fields are checked before anything is written. Raises ``OSError`` when a file cannot
-    be written or removed.
+    more are deleted. An item lists (and gets a tag feed for) its first ``max_tags`` tags;
+    at most ``max_tag_feeds`` tags get a feed. Raises ``RenderError`` when feedgen refuses
+    the data: the newsletter's own fields are checked before anything is written. Raises
+    ``OSError`` when a file cannot be written or removed.
     """
     writer = _Writer(newsletter, settings)
     main = _Feed.main(newsletter)
     writer.render(_Doc(main, page=None, items=(), prev_page=None, next_page=None))
     everything = _Pager(main, writer, settings)
+    # The tag -> articles index is built in this one pass over the history: each item is
+    # added to its own tags' pagers, so the work is the number of (article, tag) pairs, and
+    # every tag document lists each of its items' few tags, never every tag there is.
     pagers: dict[str, _Pager] = {}  # by tag slug
     tag_names: dict[str, str] = {}
+    without_feed: set[str] = set()
     for article in history:
-        item = _Item(article)
+        item = _Item(article, max_tags)
         everything.add(item)
         for slug, name in item.tag_slugs:
             pager = pagers.get(slug)
             if pager is None:
+                if len(pagers) >= max_tag_feeds:
+                    without_feed.add(slug)
+                    continue
                 # A tag's name is its spelling on the oldest article that carries it: fixed
                 # once written, whatever later articles call it.
                 tag_names[slug] = name
@@ -211,9 +234,18 @@ def write_feeds(
     everything.finish()
     for slug in sorted(pagers):
         pagers[slug].finish()
+    if without_feed:
+        log.warning(
+            "%d tags get no feed of their own: at most %d tag feeds are written (the tags "
+            "that appeared first)",
+            len(without_feed),
+            max_tag_feeds,
+        )
     tags = [TagFeed(name=tag_names[slug], slug=slug) for slug in sorted(tag_names)]
     writer.finish_tags(tags)
-    return WrittenFeeds(tuple(writer.written), tuple(writer.changed), tuple(writer.removed))
+    return WrittenFeeds(
+        tuple(writer.written), tuple(writer.changed), tuple(writer.removed), len(without_feed)
+    )
 
 
 # --- what goes where ----------------------------------------------------------------------------
@@ -222,11 +254,13 @@ def write_feeds(
 class _Item:
     """One article's feed fields, cleaned once and shared by every document that lists it."""
 
-    def __init__(self, article: Article) -> None:
+    def __init__(self, article: Article, max_tags: int = MAX_ITEM_TAGS) -> None:
         self.id = _clean(article.uid)
-        self.title = _clean(article.title).strip() or UNTITLED
-        self.url = article.url
-        self.author = _clean(article.author or "").strip() or None
+        # Titles, names and tags are one line of text: no control character a source sent
+        # (stored before gathering scrubbed them) reaches a reader.
+        self.title = _clean(clean_line(article.title)) or UNTITLED
+        self.url = _clean(article.url) if article.url else None
+        self.author = _clean(clean_line(article.author or "")) or None
         self.published = _date(article.published)
         # A source that dates an update before the publication is wrong; readers sort by it.
         self.updated = max(_date(article.updated), self.published)
@@ -240,13 +274,14 @@ class _Item:
             text = escape(self.title, quote=False)
             link = f'<a href="{escape(self.url)}">{text}</a>' if self.url else text
             self.content_html = f"<p>{link}</p>"
-        tags = dict.fromkeys(t for t in (_clean(t).strip() for t in article.tags) if t)
-        self.tags = list(tags)
+        tags = dict.fromkeys(t for t in (_tag_name(t) for t in article.tags) if t)
+        self.tags = list(tags)[:max_tags]
         slugs: dict[str, str] = {}
         for tag in self.tags:
             slugs.setdefault(tag_slug(tag), tag)
         self.tag_slugs = list(slugs.items())
-        self.image_url = article.image_url if _is_web_url(article.image_url) else None
+        image = _clean(article.image_url) if article.image_url else None
+        self.image_url = image if _is_web_url(image) else None
         suffix = Path(urlsplit(self.image_url).path).suffix.lower() if self.image_url else ""
         self.image_type = _IMAGE_TYPES.get(suffix)
 
@@ -455,6 +490,12 @@ def _links(
 
 def _clean(text: str) -> str:
     return _NOT_XML_CHAR.sub("", text)
+
+
+def _tag_name(tag: str) -> str:
+    """A tag as feeds show it (in categories and in its feed's title): one clean line."""
+    name = _clean(clean_line(tag))
+    return name if len(name) <= MAX_TAG_CHARS else shorten(name, MAX_TAG_CHARS)
 
 
 def _tag_key(tag: str) -> str:

@@ -311,12 +311,13 @@ def _parse_xml_feed(
             response_headers={"content-type": content_type},
             sanitize_html=False,
         )
-    except Exception as e:
+    except Exception as failure:
         # feedparser reports most damage as "bozo", but some documents make it raise: a
         # character reference to a surrogate or past U+10FFFF (ValueError, UnicodeError), an
         # encoding name with a NUL or bytes that are not UTF-8 in it. Nothing but feedparser runs
         # inside this call, so whatever it raised is about the document.
-        raise _Unreadable(f"not a readable feed ({type(e).__name__}: {e})") from e
+        reason = f"{type(failure).__name__}: {failure}"
+        raise _Unreadable(f"not a readable feed ({reason})") from failure
     feed = parsed.get("feed", {})
     entries = parsed.get("entries", [])
     warning = _bozo_message(parsed.get("bozo_exception")) if parsed.get("bozo") else None
@@ -327,10 +328,36 @@ def _parse_xml_feed(
             raise _Unreadable("not an RSS, Atom or JSON feed")
     own_link = feed.get("link")
     feed_author = _person(feed.get("author_detail")) or feed.get("author")
-    mapped = (_entry(e, feed_author) for e in entries)
+    problems: list[str] = []
+    mapped: list[EntryData] = []
+    for number, e in enumerate(entries, 1):
+        try:
+            mapped.append(_entry(e, feed_author))
+        except Exception as exc:
+            # One entry feedparser handed over in a shape we did not expect is that entry's
+            # problem: skip it and say so, never the whole feed.
+            log.exception("cannot read entry %d of a feed", number)
+            problems.append(f"item {number}: skipped ({type(exc).__name__}: {_short(exc)})")
+    if problems:
+        warning = "; ".join(p for p in (warning, _summarize(problems)) if p)
     # A document cut off inside an item leaves feedparser an empty entry; it is not an entry.
     kept = tuple(e for e in mapped if e.title or e.guid or e.url or e.content or e.summary)
     return kept, own_link if own_link and _is_http(own_link) else None, warning
+
+
+def _summarize(problems: Sequence[str], shown: int = 5) -> str | None:
+    """One warning line: the first few problems, then how many more (a feed of 10,000 bad
+    items must not make a 10,000-part warning)."""
+    if not problems:
+        return None
+    rest = len(problems) - shown
+    return "; ".join(problems[:shown]) + (f"; and {rest:,} more" if rest > 0 else "")
+
+
+def _short(value: object, limit: int = 120) -> str:
+    """``value`` as text for a warning: a hostile document can make it any length."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _bozo_message(exc: object) -> str:
@@ -392,7 +419,9 @@ def _datetime(parsed: Any) -> datetime | None:
     try:
         year, month, day, hour, minute, second = parsed[:6]
         return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        # Out of datetime's range (year 0) or not a time tuple: no date, rather than no entry.
+        # A date that is merely absurd (year 9999) is kept here and clamped by gather.
         return None
 
 
@@ -436,9 +465,15 @@ def _parse_json_feed(body: bytes) -> tuple[tuple[EntryData, ...], str | None, st
         if not isinstance(item, dict):
             problems.append(f"item {i + 1} is not an object")
             continue
-        entries.append(_json_entry(item, i + 1, feed_author, problems))
+        try:
+            entries.append(_json_entry(item, i + 1, feed_author, problems))
+        except Exception as e:
+            # One odd item (an id that cannot be printed, a nested value where text belongs)
+            # is skipped and named; the rest of the feed is read.
+            log.exception("cannot read item %d of a JSON Feed", i + 1)
+            problems.append(f"item {i + 1}: skipped ({type(e).__name__}: {_short(e)})")
     link = _text(doc.get("home_page_url")) or _text(doc.get("feed_url"))
-    warning = "; ".join(problems) if problems else None
+    warning = _summarize(problems)
     return tuple(entries), link if link and _is_http(link) else None, warning
 
 
@@ -481,8 +516,8 @@ def _json_date(
         return None
     try:
         parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        problems.append(f"item {number}: {key} is not an RFC 3339 date: {value!r}")
+    except (ValueError, OverflowError):
+        problems.append(f"item {number}: {key} is not an RFC 3339 date: {_short(repr(value))}")
         return None
     # RFC 3339 requires an offset; a feed that leaves it out most likely means UTC.
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)

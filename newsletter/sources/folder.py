@@ -18,6 +18,7 @@ Front matter keys read (others, such as a static site generator's ``layout``, ar
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from datetime import date, datetime, time
 from pathlib import Path
@@ -34,6 +35,8 @@ from newsletter.exceptions import ConfigError, SourceError
 from newsletter.types import EntryData, FetchResult, SourceState
 
 __all__ = ["FolderSource"]
+
+log = logging.getLogger(__name__)
 
 # Part of the folder validator: bump it when the rendering changes, so every folder is
 # rendered again once instead of waiting for each file to be edited.
@@ -89,6 +92,13 @@ class FolderSource:
                 entry = self._entry(path)
             except _BadFile as e:
                 skipped.append(str(e))
+                continue
+            except Exception as e:
+                # Front matter the libraries choke on in a way we did not foresee (a date
+                # out of range, a value whose str() fails): that file is skipped, not the
+                # folder.
+                log.exception("cannot read %s", path)
+                skipped.append(f"{self._relative(path)}: {type(e).__name__}: {e}")
                 continue
             if entry is not None:
                 entries.append(entry)

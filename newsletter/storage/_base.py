@@ -25,6 +25,13 @@ from newsletter.storage import schema as s
 
 log = logging.getLogger(__name__)
 
+# How long a write waits for another writer's lock on SQLite before "database is locked". A
+# gather or a send holds it for one short transaction at a time, so this is generous; reads
+# never wait for it (see ``StorageBase._read``).
+_BUSY_TIMEOUT_MS = 30000
+# Execution option that marks a SQLite connection's transaction as read-only: deferred BEGIN.
+_READ_ONLY = "newsletter_read_only"
+
 _POSTGRES_HINT = "install the PostgreSQL driver: pip install 'newsletter[postgres]' (psycopg 3)"
 
 
@@ -74,8 +81,7 @@ class StorageBase:
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
         try:
-            with self.engine.begin() as conn:
-                before, after = s.migrate(conn)
+            before, after = self._open_schema()
         except (SQLAlchemyError, RuntimeError) as e:
             self.engine.dispose()
             raise StorageError(f"cannot open database {shown}: {_reason(e)}") from e
@@ -89,16 +95,61 @@ class StorageBase:
     def close(self) -> None:
         self.engine.dispose()
 
+    def _open_schema(self) -> tuple[int, int]:
+        """Migrate when the schema is behind; a database already up to date is only read, so
+        opening it (every ``status``, every web worker) never waits for a writer."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**self._read_options())
+            with conn.begin():
+                current = s.current_version(conn)
+        if current == s.VERSION:
+            return current, current
+        with self.engine.begin() as conn:
+            return s.migrate(conn)
+
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
+        """A read-write transaction: on SQLite it takes the write lock at once (waiting up to
+        the busy timeout for another writer), so a read-then-write cannot be overtaken."""
         try:
             with self.engine.begin() as conn:
                 yield conn
         except SQLAlchemyError as e:
             raise StorageError(f"database error: {_reason(e)}") from e
 
-    def ping(self) -> None:
-        with self._tx() as conn:
+    @contextmanager
+    def _read(self, *, timeout: float | None = None) -> Iterator[Connection]:
+        """A read-only transaction that never waits for a writer: a deferred ``BEGIN`` on
+        SQLite (under WAL a reader sees the last commit while a writer works), ``READ ONLY``
+        on PostgreSQL (whose readers never wait for row locks). One transaction, so the reads
+        in it see one state. ``timeout`` (seconds) bounds it where a caller must answer
+        quickly (the health check): SQLite's busy timeout for this transaction (a reader
+        waits only in rare cases such as a WAL recovery), PostgreSQL's statement timeout."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(**self._read_options())
+                if timeout is not None and self.dialect == "sqlite":
+                    _sqlite_busy_timeout(conn, int(timeout * 1000))
+                try:
+                    with conn.begin():
+                        if timeout is not None and self.dialect == "postgresql":
+                            conn.exec_driver_sql(
+                                f"SET LOCAL statement_timeout = {int(timeout * 1000)}"
+                            )
+                        yield conn
+                finally:
+                    if timeout is not None and self.dialect == "sqlite":
+                        _sqlite_busy_timeout(conn, _BUSY_TIMEOUT_MS)
+        except SQLAlchemyError as e:
+            raise StorageError(f"database error: {_reason(e)}") from e
+
+    def _read_options(self) -> dict[str, Any]:
+        if self.dialect == "postgresql":
+            return {"postgresql_readonly": True}
+        return {_READ_ONLY: True}
+
+    def ping(self, *, timeout: float | None = None) -> None:
+        with self._read(timeout=timeout) as conn:
             conn.execute(select(literal(1))).one()
 
     def _insert_ignore(self, table: Table, keys: list[str] | None) -> Any:
@@ -133,6 +184,13 @@ class StorageBase:
         return datetime.now(UTC)
 
 
+def _sqlite_busy_timeout(conn: Connection, milliseconds: int) -> None:
+    """Set the busy timeout of the pooled connection itself, outside any transaction (through
+    SQLAlchemy the statement would begin one)."""
+    driver: Any = conn.connection.driver_connection
+    driver.execute(f"PRAGMA busy_timeout={milliseconds}")
+
+
 def _use_wal(cursor: Any, *, patience: float = 30.0) -> None:
     """Put the file in WAL mode, unless it is already (WAL is a property of the file).
 
@@ -157,7 +215,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
     The BEGIN handling follows SQLAlchemy's documented recipe for "Serializable isolation /
     Savepoints / Transactional DDL" with pysqlite. ``BEGIN IMMEDIATE`` takes the write lock at
-    once, which is what makes a claim (read, then mark) atomic between processes.
+    once, which is what makes a claim (read, then mark) atomic between processes. A read-only
+    transaction (``StorageBase._read``) begins deferred instead: it takes no write lock, so
+    under WAL it never waits for a writer.
     """
 
     @event.listens_for(engine, "connect")
@@ -165,7 +225,7 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         # The busy timeout first, so that every statement after it waits for other writers.
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         _use_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
@@ -173,4 +233,5 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -51,14 +51,14 @@ class ArticlesMixin(StorageBase):
         return _source_state(row)
 
     def source_states(self) -> list[SourceState]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(select(s.sources).order_by(s.sources.c.name)).all()
         return [_source_state(r) for r in rows]
 
     def stored_articles(self, source: str, keys: Sequence[str]) -> dict[str, StoredArticleState]:
         a = s.articles.c
         found: dict[str, StoredArticleState] = {}
-        with self._tx() as conn:
+        with self._read() as conn:
             for start in range(0, len(keys), 500):
                 rows = conn.execute(
                     select(a.id, a.key, a.content_hash, a.published).where(
@@ -67,6 +67,27 @@ class ArticlesMixin(StorageBase):
                 ).all()
                 for r in rows:
                     found[r.key] = StoredArticleState(r.id, r.key, r.content_hash, r.published)
+        return found
+
+    def known_fingerprints(
+        self, source: str, fingerprints: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        a = s.articles.c
+        wanted = set(fingerprints)
+        hashes = sorted({h for _, h in wanted})
+        found: set[tuple[str, str]] = set()
+        with self._tx() as conn:
+            # By hash first (it is nearly unique), then the link is compared here: the
+            # (source, key) index narrows the scan to the source's own rows.
+            for start in range(0, len(hashes), 500):
+                rows = conn.execute(
+                    select(a.url, a.content_hash).where(
+                        a.source == source, a.content_hash.in_(hashes[start : start + 500])
+                    )
+                ).all()
+                found.update(
+                    (r.url, r.content_hash) for r in rows if (r.url, r.content_hash) in wanted
+                )
         return found
 
     def store_fetch(
@@ -139,7 +160,7 @@ class ArticlesMixin(StorageBase):
     # --- articles --------------------------------------------------------------------------------
 
     def recent_articles(self, limit: int) -> list[Article]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(s.articles)
                 .order_by(s.articles.c.published.desc(), s.articles.c.id.desc())
@@ -149,7 +170,7 @@ class ArticlesMixin(StorageBase):
 
     def articles_page(self, offset: int, limit: int) -> list[Article]:
         a = s.articles.c
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(s.articles)
                 .order_by(a.first_seen, a.published, a.id)
@@ -158,28 +179,24 @@ class ArticlesMixin(StorageBase):
             ).all()
         return [_article(r) for r in rows]
 
-    def undigested_articles(self, *, gathered_after: datetime | None) -> list[Article]:
-        in_digest = (
-            select(s.digest_articles.c.article_id)
-            .where(s.digest_articles.c.article_id == s.articles.c.id)
-            .exists()
-        )
-        query = select(s.articles).where(~in_digest)
-        if gathered_after is not None:
-            query = query.where(s.articles.c.first_seen > gathered_after)
-        with self._tx() as conn:
-            rows = conn.execute(query).all()
+    def undigested_articles(self) -> list[Article]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(s.articles)
+                .where(s.articles.c.covered_by.is_(None))
+                .order_by(s.articles.c.id)
+            ).all()
         return [_article(r) for r in rows]
 
     def articles_by_id(self, ids: Sequence[int]) -> list[Article]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(select(s.articles).where(s.articles.c.id.in_(list(ids)))).all()
         by_id = {r.id: _article(r) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
 
     def content_version(self) -> str:
         a, d = s.articles.c, s.digests.c
-        with self._tx() as conn:
+        with self._read() as conn:
             articles = conn.execute(
                 select(func.count(), func.max(a.updated), func.max(a.first_seen))
             ).one()
@@ -187,7 +204,7 @@ class ArticlesMixin(StorageBase):
         return repr((tuple(articles), tuple(digests)))
 
     def count_articles(self) -> int:
-        with self._tx() as conn:
+        with self._read() as conn:
             return int(conn.execute(select(func.count()).select_from(s.articles)).scalar_one())
 
 

@@ -65,6 +65,7 @@ class DeliveriesMixin(StorageBase):
         now: datetime,
         batch_size: int,
         fire: str | None = None,
+        covered_ids: Sequence[int] = (),
     ) -> tuple[Digest, bool]:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -102,6 +103,15 @@ class DeliveriesMixin(StorageBase):
                             {"digest_id": digest_id, "article_id": aid, "position": i}
                             for i, aid in enumerate(article_ids)
                         ],
+                    )
+                # Only those still uncovered: an article another digest took is its, not ours.
+                covered = sorted({*article_ids, *covered_ids})
+                a = s.articles.c
+                for start in range(0, len(covered), 500):
+                    conn.execute(
+                        update(s.articles)
+                        .where(a.id.in_(covered[start : start + 500]), a.covered_by.is_(None))
+                        .values(covered_by=digest_id)
                     )
                 self._freeze_recipients(conn, digest_id, now, batch_size, f"nl-{uid}")
         digest = self.get_digest(int(digest_id))
@@ -156,7 +166,7 @@ class DeliveriesMixin(StorageBase):
         )
 
     def get_digest(self, digest_id: int) -> Digest | None:
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(select(s.digests).where(s.digests.c.id == digest_id)).first()
             if row is None:
                 return None
@@ -172,7 +182,7 @@ class DeliveriesMixin(StorageBase):
         return _digest(row, tuple(ids))
 
     def list_digests(self) -> list[Digest]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(select(s.digests).order_by(s.digests.c.id.desc())).all()
             links = conn.execute(
                 select(s.digest_articles.c.digest_id, s.digest_articles.c.article_id).order_by(
@@ -208,7 +218,7 @@ class DeliveriesMixin(StorageBase):
         )
 
     def _first_digest(self, query: Any) -> Digest | None:
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(query.limit(1)).first()
         return self.get_digest(row.id) if row is not None else None
 
@@ -397,7 +407,7 @@ class DeliveriesMixin(StorageBase):
         return int(moved.rowcount)
 
     def expired_leases(self, *, limit: int = 100) -> list[ExpiredLease]:
-        with self._tx() as conn:
+        with self._read() as conn:
             now = self._lease_now(conn)
             rows = conn.execute(
                 select(_b.c.digest_id, _b.c.key, _b.c.owner, _b.c.first_sent_at)
@@ -461,7 +471,7 @@ class DeliveriesMixin(StorageBase):
 
     def digest_counts(self, digest_id: int) -> DigestCounts:
         joined = _d.outerjoin(_b, and_(_b.c.digest_id == _d.c.digest_id, _b.c.key == _d.c.batch))
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(_d.c.status, _b.c.status, func.count())
                 .select_from(joined)
@@ -477,7 +487,7 @@ class DeliveriesMixin(StorageBase):
         return DigestCounts(**counts)
 
     def open_batches(self, digest_id: int) -> tuple[int, int]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(_b.c.status, func.count())
                 .where(
@@ -491,7 +501,7 @@ class DeliveriesMixin(StorageBase):
 
     def lease_holders(self, digest_id: int) -> list[LeaseHolder]:
         joined = _b.join(_d, and_(_d.c.digest_id == _b.c.digest_id, _d.c.batch == _b.c.key))
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(
                     _b.c.owner,
@@ -511,7 +521,7 @@ class DeliveriesMixin(StorageBase):
         return [LeaseHolder(str(r[0]), int(r[1]), int(r[2]), r[3]) for r in rows]
 
     def pending_addresses(self, digest_id: int, *, limit: int) -> tuple[str, ...]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(_d.c.email)
                 .where(_d.c.digest_id == digest_id, _d.c.status == DeliveryStatus.PENDING)

@@ -44,8 +44,9 @@ class Storage(Protocol):
     def close(self) -> None:
         """Release the connections. The object is not used afterwards."""
 
-    def ping(self) -> None:
-        """Answer a trivial query, or raise ``StorageError``."""
+    def ping(self, *, timeout: float | None = None) -> None:
+        """Answer a trivial query in a read-only transaction (which never waits for a writer),
+        or raise ``StorageError``; ``timeout`` (seconds) bounds any wait it may still meet."""
 
     # --- meta ------------------------------------------------------------------------------------
 
@@ -64,6 +65,13 @@ class Storage(Protocol):
 
     def stored_articles(self, source: str, keys: Sequence[str]) -> dict[str, StoredArticleState]:
         """What is stored of the source's articles with these keys, by key."""
+
+    def known_fingerprints(
+        self, source: str, fingerprints: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Which of these (canonical URL, content hash) pairs one of the source's stored
+        articles has, whatever its key: how an entry whose id changes on every fetch is
+        recognized as an article already stored."""
 
     def store_fetch(
         self,
@@ -89,8 +97,10 @@ class Storage(Protocol):
         """Articles in arrival order (first seen, published, id), oldest first: a page never
         changes its members when more arrive (RFC 5005 archive pages rely on it)."""
 
-    def undigested_articles(self, *, gathered_after: datetime | None) -> list[Article]:
-        """Articles in no digest yet, first seen after ``gathered_after`` (None: all)."""
+    def undigested_articles(self) -> list[Article]:
+        """Articles no digest has covered yet (see ``create_digest``'s ``covered_ids``),
+        whenever they were gathered: no time or id watermark, so neither a clock that was
+        wrong at gathering nor a commit that came late can keep one out."""
 
     def articles_by_id(self, ids: Sequence[int]) -> list[Article]:
         """The articles with these ids, in that order; unknown ids are left out."""
@@ -173,11 +183,14 @@ class Storage(Protocol):
         now: datetime,
         batch_size: int,
         fire: str | None = None,
+        covered_ids: Sequence[int] = (),
     ) -> tuple[Digest, bool]:
         """Store digest ``number`` and freeze its recipients (every active subscriber now) in
-        batches of ``batch_size``, keyed ``nl-<uid>-<n>``. Returns (digest, created): when
-        another process already created that number or that ``fire``, nothing is written and
-        the existing digest is returned with False."""
+        batches of ``batch_size``, keyed ``nl-<uid>-<n>``. The articles in ``article_ids`` and
+        ``covered_ids`` that no digest covered yet are covered by this one (in no later
+        digest's candidates). Returns (digest, created): when another process already created
+        that number or that ``fire``, nothing is written and the existing digest is returned
+        with False."""
 
     def get_digest(self, digest_id: int) -> Digest | None:
         """By id."""

@@ -31,6 +31,10 @@ class RunsMixin(StorageBase):
     # --- meta ------------------------------------------------------------------------------------
 
     def get_or_create_meta(self, key: str, factory: Callable[[], object]) -> str:
+        with self._read() as conn:
+            row = conn.execute(select(s.meta.c.value).where(s.meta.c.key == key)).first()
+        if row is not None:
+            return str(row.value)
         with self._tx() as conn:
             row = conn.execute(select(s.meta.c.value).where(s.meta.c.key == key)).first()
             if row is None:
@@ -143,7 +147,7 @@ class RunsMixin(StorageBase):
 
     def runs_of(self, job: str, fires: Sequence[str]) -> dict[str, RunRecord]:
         found: dict[str, RunRecord] = {}
-        with self._tx() as conn:
+        with self._read() as conn:
             for start in range(0, len(fires), 500):
                 rows = conn.execute(
                     select(_r).where(
@@ -154,14 +158,14 @@ class RunsMixin(StorageBase):
         return found
 
     def latest_runs(self, job: str, *, limit: int = 1) -> list[RunRecord]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(_r).where(_r.c.job == job).order_by(_r.c.scheduled_at.desc()).limit(limit)
             ).all()
         return [_run(r) for r in rows]
 
     def stale_runs(self) -> list[RunRecord]:
-        with self._tx() as conn:
+        with self._read() as conn:
             now = self._lease_now(conn)
             rows = conn.execute(
                 select(_r)
@@ -204,7 +208,7 @@ class RunsMixin(StorageBase):
             conn.execute(s.nodes.delete().where(s.nodes.c.id == node_id))
 
     def nodes_seen_since(self, since: datetime) -> list[NodeInfo]:
-        with self._tx() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 select(s.nodes).where(s.nodes.c.last_seen >= since).order_by(s.nodes.c.id)
             ).all()

@@ -28,6 +28,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     func,
+    inspect,
     select,
     text,
 )
@@ -97,10 +98,21 @@ articles = Table(
     Column("content_hash", String(64), nullable=False),
     # Found on a source's very first fetch: its back catalogue, not news to our readers.
     Column("backfill", Boolean, nullable=False, default=False),
+    # The digest that accounted for the article (migration 7): it showed it, or passed it over
+    # (beyond its size, outside the first digest's look-back, back catalogue). NULL: in no
+    # digest yet, so the next digest considers it, whenever and by whatever clock it arrived.
+    Column("covered_by", Integer, ForeignKey("digests.id")),
     UniqueConstraint("source", "key", name="uq_articles_source_key"),
 )
 Index("ix_articles_published", articles.c.published, articles.c.id)
 Index("ix_articles_first_seen", articles.c.first_seen)
+# Partial: only the articles no digest has covered yet, the few the next digest reads.
+ix_articles_uncovered = Index(
+    "ix_articles_uncovered",
+    articles.c.id,
+    postgresql_where=articles.c.covered_by.is_(None),
+    sqlite_where=articles.c.covered_by.is_(None),
+)
 
 subscribers = Table(
     "subscribers",
@@ -385,6 +397,26 @@ def _m6_shared_web_state(conn: Connection) -> None:
         table.create(conn)
 
 
+def _m7_articles_covered_by(conn: Connection) -> None:
+    """Which digest accounted for each article. Digest selection was "in no digest and first
+    seen after the last digest was created", so an article gathered under a slow clock was
+    never in any digest. Existing articles keep what that rule gave them: an article a digest
+    showed is covered by the first that did; one first seen no later than some digest was
+    created (passed over by it) is covered by the first such digest; the rest are uncovered
+    and go to the next digest, as before."""
+    # Idempotent: a database whose version was set back by hand (as older migrations' tests
+    # do) has the column and its values already.
+    if "covered_by" not in {c["name"] for c in inspect(conn).get_columns("articles")}:
+        conn.execute(
+            text("ALTER TABLE articles ADD COLUMN covered_by INTEGER REFERENCES digests(id)")
+        )
+        a, d, da = articles.c, digests.c, digest_articles.c
+        shown = select(func.min(da.digest_id)).where(da.article_id == a.id).scalar_subquery()
+        passed = select(func.min(d.id)).where(d.created_at >= a.first_seen).scalar_subquery()
+        conn.execute(articles.update().values(covered_by=func.coalesce(shown, passed)))
+    ix_articles_uncovered.create(conn, checkfirst=True)
+
+
 # MIGRATIONS[n] brings a database from version n + 1 to n + 2; version 1 is create_all above.
 MIGRATIONS: list[Migration] = [
     _m2_delivery_batches,
@@ -392,6 +424,7 @@ MIGRATIONS: list[Migration] = [
     _m4_subscriber_lifecycle,
     _m5_nodes_and_leases,
     _m6_shared_web_state,
+    _m7_articles_covered_by,
 ]
 VERSION = 1 + len(MIGRATIONS)
 
@@ -399,6 +432,14 @@ VERSION = 1 + len(MIGRATIONS)
 # pg_advisory_xact_lock key for migrations: any number of nodes may start at once on an empty
 # database; the first creates the schema, the others wait for its commit and find it there.
 MIGRATION_LOCK = 0x6E6C5F6D6967  # "nl_mig"
+
+
+def current_version(conn: Connection) -> int:
+    """The stored schema version; 0 for an empty database. Only reads."""
+    if not inspect(conn).has_table(meta.name):
+        return 0
+    row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
+    return 0 if row is None else int(row.value)
 
 
 def migrate(conn: Connection) -> tuple[int, int]:

@@ -91,7 +91,7 @@ class SubscribersMixin(StorageBase):
         return added, present
 
     def get_subscriber(self, email: str) -> Subscriber | None:
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 select(s.subscribers).where(s.subscribers.c.email == email.lower())
             ).first()
@@ -106,7 +106,7 @@ class SubscribersMixin(StorageBase):
             query = select(s.subscribers).where(s.subscribers.c.id > last)
             if status is not None:
                 query = query.where(s.subscribers.c.status == status)
-            with self._tx() as conn:
+            with self._read() as conn:
                 rows = conn.execute(query.order_by(s.subscribers.c.id).limit(batch)).all()
             if not rows:
                 return
@@ -118,7 +118,7 @@ class SubscribersMixin(StorageBase):
         query = select(func.count()).select_from(s.subscribers)
         if status is not None:
             query = query.where(s.subscribers.c.status == status)
-        with self._tx() as conn:
+        with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
     def unsubscribe(self, email: str, now: datetime) -> bool:
@@ -143,7 +143,7 @@ class SubscribersMixin(StorageBase):
         return False
 
     def get_subscriber_by_id(self, subscriber_id: int) -> Subscriber | None:
-        with self._tx() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 select(s.subscribers).where(s.subscribers.c.id == subscriber_id)
             ).first()

@@ -7,7 +7,9 @@
 - ``/``: a redirect to the subscribe page.
 
 Behind a reverse proxy, the ``X-Forwarded-*`` headers of the peers in ``[web]
-trusted_proxies`` are applied first (``web.proxy``); the list is read at start.
+trusted_proxies`` are applied first (``web.proxy``); the list is read at start. Every
+redirect is then put under ``[newsletter] site_url`` (``web.redirects``), and every request
+body is bounded in size and time before an endpoint reads it (``web.limits``).
 
 Owns: assembling the public app and running it. Does not own any endpoint's behaviour.
 """
@@ -29,18 +31,25 @@ from newsletter.exceptions import NewsletterError
 from newsletter.render.feeds import ATOM_FILE, JSON_FILE, RSS_FILE
 from newsletter.web import static, subscription, webhooks
 from newsletter.web.app import Concern, create_app
+from newsletter.web.limits import BodyLimits
 from newsletter.web.proxy import TrustedProxies
+from newsletter.web.redirects import SiteRedirects
 from newsletter.web.server import bind, make_server
 from newsletter.web.site import Site
 
 log = logging.getLogger(__name__)
 
 
+# The health check answers within about this long, whatever a writer is doing: its query is a
+# read-only transaction (it never waits for the write lock) bounded by this timeout.
+HEALTH_TIMEOUT = 2.0
+
+
 def health_routes(site: Site) -> list[BaseRoute]:
     def check() -> tuple[bool, bool]:
         try:
             publisher = site.publisher()
-            publisher.storage.ping()
+            publisher.storage.ping(timeout=HEALTH_TIMEOUT)
         except NewsletterError as e:
             log.error("health check: %s", e)
             return False, False
@@ -77,9 +86,15 @@ def create_public_app(config_file: Path, *, trusted_proxies: tuple[str, ...]) ->
     app = create_app(
         config_file,
         concerns=CONCERNS,
-        middleware=[Middleware(TrustedProxies, trusted=trusted_proxies)],
+        middleware=[Middleware(TrustedProxies, trusted=trusted_proxies), Middleware(BodyLimits)],
     )
     site: Site = app.state.site
+
+    def site_url() -> str:
+        return site.publisher().config.newsletter.site_url
+
+    # Outermost: whatever makes a redirect, the router included, is rewritten.
+    app.add_middleware(SiteRedirects, site_url=site_url)
 
     def warm_up() -> None:
         # Open (and migrate) the database at start rather than inside the first request;

@@ -30,7 +30,6 @@ wording (``web.pages``) or the shared state's SQL (``storage.web``).
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import math
 import threading
@@ -54,6 +53,7 @@ from newsletter.types import (
     SubscriberStatus,
 )
 from newsletter.web import pages
+from newsletter.web.limits import BadBody, parse_json
 from newsletter.web.ratelimit import RateLimiter
 from newsletter.web.site import Site
 
@@ -305,7 +305,10 @@ class Subscriptions:
             )
         if body is None:
             return self._problem(settings, wants_json, 413, "The request is too large.")
-        fields = parse_fields(request.headers.get("content-type", ""), body)
+        try:
+            fields = parse_fields(request.headers.get("content-type", ""), body)
+        except BadBody as e:
+            return self._problem(settings, wants_json, 400, f"The request cannot be read: {e}.")
         if fields is None:
             return self._problem(
                 settings, wants_json, 415, "Send the form, or JSON with an email field."
@@ -521,10 +524,10 @@ def retry_after(wait: float) -> str:
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
     try:
+        parts = urlsplit(url)  # ValueError for a broken IPv6 literal ("http://[::1")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return None
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         return None
@@ -568,16 +571,16 @@ async def read_limited(request: Request, limit: int) -> bytes | None:
 
 
 def parse_fields(content_type: str, body: bytes) -> dict[str, str] | None:
-    """The fields of a form (urlencoded) or JSON object body; None for another media type."""
+    """The fields of a form (urlencoded) or JSON object body; None for another media type.
+
+    Raises ``BadBody`` for a JSON body that cannot be read, with the reason (``web.limits``).
+    """
     media = content_type.split(";", 1)[0].strip().lower()
-    text = body.decode("utf-8", "replace")
     if media == "application/x-www-form-urlencoded":
+        text = body.decode("utf-8", "replace")
         return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
     if media == "application/json" or media.endswith("+json"):
-        try:
-            data: Any = json.loads(text)
-        except ValueError:
-            return {}
+        data: Any = parse_json(body)
         if not isinstance(data, dict):
             return {}
         return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}

@@ -16,9 +16,12 @@ documentation says, before the body is trusted:
   so a replay is refused by every ``serve`` process on the database, and after a restart.
 
 For SendGrid and Mailgun a timestamp more than ``MAX_AGE_SECONDS`` away from now is refused,
-so a captured request cannot be replayed later. A bad credential or signature is 401/403 and
-changes nothing; a request that passes is 200 with the counts, even when it held no event we
-act on (so the provider does not retry it); a database error is 503, so it does retry.
+so a captured request cannot be replayed later; a timestamp that is not 1 to 12 ASCII digits
+is refused the same way (403). A body that is not JSON, nests too deep or holds a lone
+surrogate is 400 with the reason (``web.limits.parse_json``), whoever sent it. A bad
+credential or signature is 401/403 and changes nothing; a request that passes is 200 with
+the counts, even when it held no event we act on (so the provider does not retry it); a
+database error is 503, so it does retry.
 
 What counts, per provider (only hard bounces; soft bounces, deferrals and blocks are
 transient and ignored):
@@ -47,8 +50,8 @@ import binascii
 import functools
 import hashlib
 import hmac
-import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -66,6 +69,7 @@ from newsletter.core import Publisher
 from newsletter.exceptions import ConfigError, NewsletterError, SubscriberError
 from newsletter.storage import Storage
 from newsletter.types import SubscriberStatus
+from newsletter.web.limits import MAX_BODY_BYTES, BadBody, parse_json
 from newsletter.web.site import Site
 from newsletter.web.subscription import read_limited
 
@@ -74,10 +78,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_AGE_SECONDS = 600  # how far a signed timestamp may be from now, either way
 SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
 SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
+MAX_REASON_CHARS = 500  # of a provider's text kept with a suppression
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # seconds since 1970: 12 digits last past year 30000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 BOUNCED, COMPLAINED = SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED
 _POSTMARK_HARD = frozenset({"HardBounce", "BadEmailAddress"})
@@ -114,7 +120,7 @@ def postmark_suppressions(event: Any) -> list[Suppression]:
         raise Refused(400, "expected a JSON object")
     record, kind = event.get("RecordType"), event.get("Type")
     details = str(event.get("Description") or event.get("Details") or kind or record or "")
-    if record == "Bounce" and kind in _POSTMARK_HARD:
+    if record == "Bounce" and isinstance(kind, str) and kind in _POSTMARK_HARD:
         return _one(event.get("Email"), BOUNCED, f"postmark {kind}: {details}")
     if record == "SpamComplaint" or (record == "Bounce" and kind == "SpamComplaint"):
         return _one(event.get("Email"), COMPLAINED, f"postmark spam complaint: {details}")
@@ -167,7 +173,10 @@ def mailgun_suppressions(payload: Any) -> list[Suppression]:
 def _one(email: Any, status: SubscriberStatus, reason: str) -> list[Suppression]:
     if not isinstance(email, str) or not email.strip():
         return []
-    return [Suppression(email.strip(), status, reason.strip().rstrip(":"))]
+    # The reason is the provider's text, stored and shown to the operator: one line, bounded
+    # (PostgreSQL refuses a NUL outright).
+    text = _CONTROL.sub(" ", reason).strip().rstrip(":")[:MAX_REASON_CHARS]
+    return [Suppression(email.strip(), status, text)]
 
 
 # --- checking who sent them ---------------------------------------------------------------------
@@ -192,10 +201,12 @@ def check_basic_auth(header: str | None, user: str, password: str) -> None:
 
 
 def _check_age(timestamp: str | None, now: float) -> int:
-    try:
-        when = int(str(timestamp).strip())
-    except ValueError as e:
-        raise Refused(403, "missing or malformed timestamp") from e
+    # Checked as text first: int() takes signs, underscores and other scripts' digits, and a
+    # 400-digit number cannot be compared with a float.
+    text = str(timestamp).strip()
+    if not _TIMESTAMP.fullmatch(text):
+        raise Refused(403, "missing or malformed timestamp")
+    when = int(text)
     if abs(now - when) > MAX_AGE_SECONDS:
         raise Refused(403, "stale timestamp")
     return when
@@ -269,8 +280,11 @@ class MailgunTokens:
         if not token or not signature:
             raise Refused(403, "missing signature")
         _check_age(timestamp, now.timestamp())
-        expected = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256)
-        if not hmac.compare_digest(expected.hexdigest(), signature.strip().lower()):
+        # surrogatepass: parse_json refuses lone surrogates, but this must not depend on it.
+        message = (timestamp + token).encode("utf-8", "surrogatepass")
+        expected = hmac.new(key.encode(), message, hashlib.sha256)
+        given = signature.strip().lower().encode("utf-8", "surrogatepass")
+        if not hmac.compare_digest(expected.hexdigest().encode(), given):
             raise Refused(403, "bad signature")
         # Insert-or-ignore: of two requests with one token, on any process, one inserts.
         if not storage.remember_webhook_token(
@@ -454,9 +468,9 @@ async def _body(request: Request) -> bytes:
 
 def _json(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise Refused(400, "the body is not JSON") from e
+        return parse_json(body)
+    except BadBody as e:
+        raise Refused(400, e.reason) from e
 
 
 def routes(site: Site) -> list[BaseRoute]:
