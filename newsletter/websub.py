@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import requests
 
+from newsletter.sources import deadline
+
 log = logging.getLogger(__name__)
 
 _EXCERPT = 200  # characters of a refusal's body worth logging
@@ -57,7 +59,8 @@ def ping_hub(
     """
     results: list[PingResult] = []
     own = session is None
-    http = session or requests.Session()
+    # A hub that answers a byte at a time must not hold the feeds build past ``timeout``.
+    http = deadline.mount(session or requests.Session())
     try:
         for i, topic in enumerate(topics):
             result = _ping(http, hub, topic, user_agent, timeout)
@@ -81,27 +84,29 @@ def ping_hub(
 def _ping(
     http: requests.Session, hub: str, topic: str, user_agent: str, timeout: float
 ) -> PingResult:
-    try:
-        response = http.post(
-            hub,
-            data={"hub.mode": "publish", "hub.url": topic},
-            headers={"User-Agent": user_agent},
-            timeout=timeout,
-            # A redirected POST turns into a GET on the way: that is no ping.
-            allow_redirects=False,
-        )
-    except requests.RequestException as e:
-        log.warning("WebSub: cannot reach the hub %s to announce %s: %s", hub, topic, e)
-        return PingResult(topic, error=f"{type(e).__name__}: {e}")
-    with response:
-        if 200 <= response.status_code < 300:
-            return PingResult(topic, status=response.status_code)
-        body = " ".join(response.text[:_EXCERPT].split())
-        log.warning(
-            "WebSub: the hub %s refused the ping for %s: HTTP %d %s",
-            hub,
-            topic,
-            response.status_code,
-            body,
-        )
-        return PingResult(topic, status=response.status_code, error=f"HTTP {response.status_code}")
+    with deadline.limit(timeout) as limit:
+        try:
+            response = http.post(
+                hub,
+                data={"hub.mode": "publish", "hub.url": topic},
+                headers={"User-Agent": user_agent},
+                timeout=timeout,
+                # A redirected POST turns into a GET on the way: that is no ping.
+                allow_redirects=False,
+            )
+            with response:
+                status = response.status_code
+                ok = 200 <= status < 300
+                body = "" if ok else " ".join(response.text[:_EXCERPT].split())
+        except requests.RequestException as e:
+            reason = (
+                f"no complete answer within {timeout:g} s (total deadline)"
+                if limit.passed
+                else f"{type(e).__name__}: {e}"
+            )
+            log.warning("WebSub: cannot reach the hub %s to announce %s: %s", hub, topic, reason)
+            return PingResult(topic, error=reason)
+    if ok:
+        return PingResult(topic, status=status)
+    log.warning("WebSub: the hub %s refused the ping for %s: HTTP %d %s", hub, topic, status, body)
+    return PingResult(topic, status=status, error=f"HTTP {status}")

@@ -47,7 +47,8 @@ class Source(Protocol):
 
     ``fetch`` may run in a worker thread, in parallel with other sources' fetches; it must not
     touch storage and must not share mutable state with other sources beyond the HTTP session
-    it was given (shared for its connection pool; sources only call ``session.get`` on it).
+    it was given (shared for its connection pool; sources only call ``session.get`` on it, and
+    ``deadline.mount`` once, which is idempotent).
     """
 
     name: str

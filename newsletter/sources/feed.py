@@ -1,9 +1,10 @@
 """Feed sources: RSS 0.9x/1.0/2.0 and Atom (through feedparser) and JSON Feed 1.0/1.1 (ours).
 
-Owns: downloading a feed over HTTP(S) with the shared ``requests`` session (timeouts, a size cap,
-conditional GET, noticing permanent redirects) or reading it from a local file (with an
-mtime/size validator), telling the formats apart, and mapping what the parsers found to
-``EntryData``. ``requests`` and parsing errors are wrapped here, once, into ``SourceError``.
+Owns: downloading a feed over HTTP(S) with the shared ``requests`` session (a total deadline per
+fetch, see ``deadline``; a size cap; conditional GET; noticing permanent redirects) or reading
+it from a local file (with an mtime/size validator), telling the formats apart, and mapping what
+the parsers found to ``EntryData``. ``requests`` and parsing errors are wrapped here, once, into
+``SourceError``.
 
 Does not own: sanitizing HTML, resolving links, choosing article keys (``newsletter.gather``),
 remembering validators or redirects (``newsletter.storage``), retrying a failed fetch (the next
@@ -21,7 +22,6 @@ import html
 import io
 import json
 import logging
-import time
 import xml.sax
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,6 +36,7 @@ import urllib3.exceptions
 
 from newsletter.config import HttpSettings, SourceConfig
 from newsletter.exceptions import ConfigError, SourceError
+from newsletter.sources import deadline
 from newsletter.types import EntryData, FetchResult, SourceState
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class FeedSource:
         self.location = config.location
         self._config = config
         self._target: str | Path = config.path if config.path is not None else str(config.url)
-        self._session = session
+        # The total deadline of each fetch needs the session's connections to answer to it.
+        self._session = deadline.mount(session)
         self._user_agent = http.user_agent
 
     def __repr__(self) -> str:
@@ -91,13 +93,15 @@ class FeedSource:
             headers["If-None-Match"] = state.etag
         if state.last_modified:
             headers["If-Modified-Since"] = state.last_modified
-        # ``timeout`` bounds the connection and each read; the deadline bounds the whole body,
-        # so a server trickling a byte at a time cannot hold a worker forever.
-        deadline = time.monotonic() + timeout
+        # ``timeout`` bounds the connection and each read; the total deadline bounds the whole
+        # fetch (connect, every redirect hop, headers and body), so a server dribbling a byte at
+        # a time cannot hold a worker for longer than ``timeout`` (see ``deadline``).
         with (
-            _requests_errors(self.name, url, timeout),
+            deadline.limit(timeout) as limit,
+            _requests_errors(self.name, url, timeout, limit),
             self._session.get(url, headers=headers, timeout=timeout, stream=True) as response,
         ):
+            _check_deadline(limit, self.name, url)
             final_url = response.url
             permanent = _permanent_target(response, url)
             status = response.status_code
@@ -113,7 +117,9 @@ class FeedSource:
                 raise SourceError(
                     f"unexpected HTTP status {status}", source=self.name, url=url, status=status
                 )
-            body = self._read_body(response, final_url, deadline)
+            body = self._read_body(response, final_url)
+            # A socket cut by the watchdog can look like a body that ended early.
+            _check_deadline(limit, self.name, url)
             content_type = response.headers.get("Content-Type", "")
             etag = response.headers.get("ETag")
             last_modified = response.headers.get("Last-Modified")
@@ -131,7 +137,7 @@ class FeedSource:
             warning=warning,
         )
 
-    def _read_body(self, response: requests.Response, url: str, deadline: float) -> bytes:
+    def _read_body(self, response: requests.Response, url: str) -> bytes:
         limit = self._config.max_bytes
         declared = response.headers.get("Content-Length", "")
         # Content-Length counts compressed bytes; if even those exceed the cap, so will the rest.
@@ -144,12 +150,6 @@ class FeedSource:
             size += len(chunk)
             if size > limit:
                 raise self._too_large(url, f"more than {limit:,} bytes received")
-            if time.monotonic() > deadline:
-                raise SourceError(
-                    f"timed out after {self._config.timeout:g}s while reading the response",
-                    source=self.name,
-                    url=url,
-                )
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -195,23 +195,50 @@ class FeedSource:
 # --- requests boundary ---------------------------------------------------------------------------
 
 
+def _deadline_error(limit: deadline.Deadline, source: str, url: str) -> SourceError:
+    return SourceError(
+        f"no complete answer within {limit.seconds:g} s (total deadline)", source=source, url=url
+    )
+
+
+def _check_deadline(limit: deadline.Deadline, source: str, url: str) -> None:
+    if limit.expired:
+        raise _deadline_error(limit, source, url)
+
+
 @contextmanager
-def _requests_errors(source: str, url: str, timeout: float) -> Iterator[None]:
+def _requests_errors(
+    source: str, url: str, timeout: float, limit: deadline.Deadline
+) -> Iterator[None]:
     """Turn ``requests`` exceptions into ``SourceError`` (the only place that catches them)."""
     try:
         yield
-    except requests.Timeout as e:
-        raise SourceError(f"timed out after {timeout:g}s", source=source, url=url) from e
-    except requests.ConnectionError as e:
+    except SourceError:
+        raise
+    except Exception as e:
+        # Once the watchdog cut the connection, whatever the cut raised (a reset, an incomplete
+        # read, a TLS error) is the deadline's doing; so is a per-read timeout that ran past it.
+        if limit.passed:
+            raise _deadline_error(limit, source, url) from e
+        if isinstance(e, requests.RequestException):
+            raise _request_error(e, source, url, timeout) from e
+        raise
+
+
+def _request_error(
+    e: requests.RequestException, source: str, url: str, timeout: float
+) -> SourceError:
+    if isinstance(e, requests.Timeout):
+        return SourceError(f"timed out after {timeout:g}s", source=source, url=url)
+    if isinstance(e, requests.ConnectionError):
         inner = e.args[0] if e.args else None
         # A read timeout while streaming the body surfaces as ConnectionError(ReadTimeoutError).
         if isinstance(inner, urllib3.exceptions.ReadTimeoutError):
-            raise SourceError(f"timed out after {timeout:g}s", source=source, url=url) from e
-        raise SourceError(f"cannot connect: {_connection_reason(e)}", source=source, url=url) from e
-    except requests.TooManyRedirects as e:
-        raise SourceError("too many redirects", source=source, url=url) from e
-    except requests.RequestException as e:
-        raise SourceError(f"request failed: {e}", source=source, url=url) from e
+            return SourceError(f"timed out after {timeout:g}s", source=source, url=url)
+        return SourceError(f"cannot connect: {_connection_reason(e)}", source=source, url=url)
+    if isinstance(e, requests.TooManyRedirects):
+        return SourceError("too many redirects", source=source, url=url)
+    return SourceError(f"request failed: {e}", source=source, url=url)
 
 
 def _connection_reason(e: requests.ConnectionError) -> str:
@@ -278,11 +305,19 @@ def _parse_xml_feed(
     # header gives no charset, whatever the media type; feedparser still applies RFC 3023's
     # "text/xml means US-ASCII" rule. So it gets the charset alone, under a neutral media type.
     content_type = "application/xml" + (f"; charset={charset}" if charset else "")
-    parsed = feedparser.parse(
-        io.BytesIO(body),
-        response_headers={"content-type": content_type},
-        sanitize_html=False,
-    )
+    try:
+        parsed = feedparser.parse(
+            io.BytesIO(body),
+            response_headers={"content-type": content_type},
+            sanitize_html=False,
+        )
+    except Exception as failure:
+        # feedparser reports most damage as "bozo", but some documents make it raise: a
+        # character reference to a surrogate or past U+10FFFF (ValueError, UnicodeError), an
+        # encoding name with a NUL or bytes that are not UTF-8 in it. Nothing but feedparser runs
+        # inside this call, so whatever it raised is about the document.
+        reason = f"{type(failure).__name__}: {failure}"
+        raise _Unreadable(f"not a readable feed ({reason})") from failure
     feed = parsed.get("feed", {})
     entries = parsed.get("entries", [])
     warning = _bozo_message(parsed.get("bozo_exception")) if parsed.get("bozo") else None
@@ -415,6 +450,9 @@ def _parse_json_feed(body: bytes) -> tuple[tuple[EntryData, ...], str | None, st
         raise _Unreadable(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
     except UnicodeDecodeError as e:
         raise _Unreadable(f"JSON Feed is not valid UTF-8: {e.reason}") from e
+    except RecursionError as e:
+        # The C decoder recurses once per nesting level and gives up at the recursion limit.
+        raise _Unreadable("JSON nested too deeply to be a feed") from e
     if not isinstance(doc, dict) or "jsonfeed.org/version/" not in str(doc.get("version", "")):
         raise _Unreadable("not a JSON Feed (no https://jsonfeed.org/version/ in `version`)")
     items = doc.get("items")
