@@ -569,8 +569,7 @@ def preview(state: State, host: str, port: int) -> None:
 
     config_file = state.config.file
     assert config_file is not None  # loaded from a file by State
-    console.print(f"preview: http://{host}:{port}/ (Ctrl-C stops)", highlight=False, markup=False)
-    serve(config_file, host=host, port=port)
+    serve(config_file, host=host, port=port, listening=_announce("preview"))
 
 
 @cli.command()
@@ -589,11 +588,19 @@ def serve(state: State, host: str | None, port: int | None) -> None:
     assert config.file is not None  # loaded from a file by State
     host = host or config.web.host
     port = config.web.port if port is None else port
-    console.print(f"serving: http://{host}:{port}/ (Ctrl-C stops)", highlight=False, markup=False)
     try:
-        serve_public(config.file, host=host, port=port)
+        serve_public(config.file, host=host, port=port, listening=_announce("serving"))
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
         console.print("stopped")
+
+
+def _announce(what: str) -> Callable[[str], None]:
+    """Print the address a server really listens on (``--port 0`` picks one) once bound."""
+
+    def announce(address: str) -> None:
+        console.print(f"{what}: {address} (Ctrl-C stops)", highlight=False, markup=False)
+
+    return announce
 
 
 # --- status --------------------------------------------------------------------------------------

@@ -398,6 +398,30 @@ def test_serve_command_serves_until_interrupted(built: Path) -> None:
     assert f"serving: http://127.0.0.1:{port}/".encode() in output
 
 
+def test_serve_on_port_zero_announces_the_port_it_listens_on(built: Path) -> None:
+    env = {**os.environ, "NEWSLETTER_SECRET": SECRET}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(built), "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # printed once the socket is bound
+        match = re.search(r"serving: http://127\.0\.0\.1:(\d+)/", line)
+        assert match, line
+        port = int(match.group(1))
+        assert port != 0
+        health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert health.status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=20)
+    assert process.returncode == 0
+
+
 def test_serve_refuses_a_webhook_without_its_secret(built: Path) -> None:
     built.write_text(built.read_text() + '\n[web]\nmailgun_signing_key_env = "NO_SUCH_VAR_X"\n')
     env = {k: v for k, v in os.environ.items() if k != "NO_SUCH_VAR_X"}

@@ -306,8 +306,15 @@ def routes(site: Site) -> list[BaseRoute]:
     ]
 
 
-def serve(config_file: Path, *, host: str = "127.0.0.1", port: int = 8025) -> None:
+def serve(
+    config_file: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8025,
+    listening: Callable[[str], None] | None = None,
+) -> None:
     """Serve the preview of ``config_file`` on ``host``:``port`` until interrupted (Ctrl-C).
+    ``listening`` is called with the address once the socket is bound (port 0 picks one).
 
     Raises ``ConfigError`` for a config that cannot be used at start, and ``NewsletterError``
     when the port cannot be had.
@@ -319,7 +326,10 @@ def serve(config_file: Path, *, host: str = "127.0.0.1", port: int = 8025) -> No
     app = create_app(config_file, concerns=[routes])
     sock = bind(host, port)
     server = make_server(app, stopping=app.state.site.stopping)
-    log.info("preview of %s on http://%s:%d/", config_file, host, sock.getsockname()[1])
+    address = f"http://{host}:{sock.getsockname()[1]}/"
+    log.info("preview of %s on %s", config_file, address)
+    if listening is not None:
+        listening(address)
     server.run(sockets=[sock])
 
 

@@ -17,6 +17,7 @@ Owns: assembling the public app and running it. Does not own any endpoint's beha
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -108,8 +109,15 @@ def create_public_app(config_file: Path, *, trusted_proxies: tuple[str, ...]) ->
     return app
 
 
-def serve(config_file: Path, *, host: str, port: int) -> None:
+def serve(
+    config_file: Path,
+    *,
+    host: str,
+    port: int,
+    listening: Callable[[str], None] | None = None,
+) -> None:
     """Serve the public site of ``config_file`` on ``host``:``port`` until interrupted.
+    ``listening`` is called with the address once the socket is bound (port 0 picks one).
 
     Raises ``ConfigError`` for a config that cannot be used at start (a webhook's secret
     missing included), and ``NewsletterError`` when the port cannot be had.
@@ -119,5 +127,8 @@ def serve(config_file: Path, *, host: str, port: int) -> None:
     app = create_public_app(config_file, trusted_proxies=config.web.trusted_proxies)
     sock = bind(host, port)
     server = make_server(app, stopping=app.state.site.stopping)
-    log.info("serving %s on http://%s:%d/", config_file, host, sock.getsockname()[1])
+    address = f"http://{host}:{sock.getsockname()[1]}/"
+    log.info("serving %s on %s", config_file, address)
+    if listening is not None:
+        listening(address)
     server.run(sockets=[sock])
