@@ -5,6 +5,7 @@ The public API is what ``__all__`` lists; everything else is internal and may ch
 
 from __future__ import annotations
 
+from newsletter._version import __version__
 from newsletter.config import Config, load_config
 from newsletter.exceptions import (
     ConfigError,
@@ -25,8 +26,6 @@ from newsletter.types import (
     Subscriber,
     SubscriberStatus,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Article",

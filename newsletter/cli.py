@@ -35,7 +35,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from newsletter import __version__
+from newsletter._version import __version__
 from newsletter.config import Config, find_config, load_config
 from newsletter.core import Publisher, make_publisher
 from newsletter.exceptions import ConfigError, NewsletterError, OutputError
