@@ -51,6 +51,7 @@ endif
 test: $(VENV)/.installed-test /usr/bin/chromium postgresql
 	$(BIN)/ruff check newsletter tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: $(VENV)/.installed-test

@@ -35,7 +35,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from newsletter import __version__
+from newsletter._version import __version__
 from newsletter.config import Config, find_config, load_config
 from newsletter.core import Publisher, make_publisher
 from newsletter.exceptions import ConfigError, NewsletterError, OutputError
@@ -271,7 +271,7 @@ def digest(state: State, preview: Path | None, text_path: Path | None, force: bo
         rendered = publisher.render_next_digest(force=force)
         assert rendered is not None  # the plan has articles
         # Fill the placeholders with an example recipient, as a subscriber would see it.
-        from newsletter.render.personalize import Template
+        from newsletter.personalize import Template
 
         values = publisher.recipient_values(0, "reader@example.com", "Example Reader")
         console.print(_text(f"subject: {rendered.subject}"), highlight=False)

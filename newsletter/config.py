@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from newsletter._version import USER_AGENT
 from newsletter.addresses import validate_address
 from newsletter.cron import crontab_trigger
 from newsletter.exceptions import ConfigError, SubscriberError
@@ -180,7 +181,7 @@ class StorageSettings:
 
 @dataclass(frozen=True)
 class HttpSettings:
-    user_agent: str = "newsletter/0.1 (+https://github.com/newsletter-publisher/newsletter)"
+    user_agent: str = USER_AGENT
     timeout: float = 20.0
     # What one item from any source may carry; more is cut with a warning against the source.
     max_tags_per_item: int = 50

@@ -229,7 +229,7 @@ class Digest:
     created_at: datetime
     subject: str
     preheader: str
-    html: str  # inlined HTML with placeholders (see ``render.personalize``)
+    html: str  # inlined HTML with placeholders (see ``newsletter.personalize``)
     text: str  # plain text with placeholders
     article_ids: tuple[int, ...]
     status: DigestStatus

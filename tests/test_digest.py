@@ -22,9 +22,9 @@ from newsletter.config import Config, load_config
 from newsletter.core import Publisher, make_publisher
 from newsletter.exceptions import RenderError
 from newsletter.mail.outbox import OutboxBackend
+from newsletter.personalize import Template, placeholder
 from newsletter.render import archive
 from newsletter.render.digest import HTML_MAX_BYTES, DigestRenderer, RenderedDigest, inline_css
-from newsletter.render.personalize import Template, placeholder
 from newsletter.text import html_to_text, shorten, wrap_text
 from newsletter.types import Article, MessageContent, Recipient
 from tests._factories import ListLedger, make_article, make_config

@@ -39,7 +39,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from newsletter.exceptions import ConfigError, MailError
-from newsletter.render.personalize import Template
+from newsletter.personalize import Template
 from newsletter.types import DeliveryResult, DeliveryStatus, MessageContent, Recipient
 
 if TYPE_CHECKING:

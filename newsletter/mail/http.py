@@ -35,7 +35,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 from urllib3.util.retry import Retry
 
-from newsletter import __version__, clock
+from newsletter import clock
+from newsletter._version import USER_AGENT
 from newsletter.exceptions import MailError
 from newsletter.mail.base import Batch, MailBackend, PreparedContent
 from newsletter.mail.message import check_recipient
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = f"newsletter/{__version__} (+https://github.com/newsletter-publisher/newsletter)"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 

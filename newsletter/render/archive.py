@@ -32,9 +32,9 @@ from pathlib import Path
 
 from newsletter.config import NewsletterSettings
 from newsletter.files import atomic_write
+from newsletter.personalize import Template
 from newsletter.render.digest import DigestRenderer, template_errors
 from newsletter.render.feeds import ATOM_FILE, JSON_FILE, RSS_FILE, read_tag_index
-from newsletter.render.personalize import Template
 from newsletter.types import Digest
 
 log = logging.getLogger(__name__)

@@ -30,9 +30,9 @@ from zoneinfo import ZoneInfo
 import jinja2
 from premailer import Premailer
 
+from newsletter import personalize
 from newsletter.config import Config
 from newsletter.exceptions import RenderError
-from newsletter.render import personalize
 from newsletter.text import clean_line, clean_text, html_to_text, shorten, wrap_text
 from newsletter.types import Article
 

@@ -57,7 +57,7 @@ from urllib.parse import urlsplit
 from feedgen.feed import FeedGenerator
 from feedgen.util import xml_elem
 
-from newsletter import __version__
+from newsletter._version import __version__
 from newsletter.config import FeedSettings, NewsletterSettings
 from newsletter.exceptions import RenderError
 from newsletter.files import atomic_write

@@ -41,8 +41,8 @@ from starlette.routing import BaseRoute, Route
 from newsletter.config import load_config
 from newsletter.core import Publisher
 from newsletter.exceptions import NewsletterError
+from newsletter.personalize import Template
 from newsletter.render.digest import default_templates_dir
-from newsletter.render.personalize import Template
 from newsletter.types import DeliveryStatus
 from newsletter.web.site import Site
 from newsletter.web.watch import Watcher, event_stream, files_stamp

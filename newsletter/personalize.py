@@ -8,6 +8,10 @@ own scheme so that premailer's ``base_url`` rewriting (``urljoin``) leaves it al
 ``Template`` splits a body once at its placeholders; ``fill`` is then a join, cheap enough to
 run for every recipient. Backends whose provider substitutes values itself (SendGrid, Mailgun)
 use ``Template.convert`` to rewrite the placeholders into the provider's syntax once per digest.
+
+This module sits at the package top level, not in ``render/``: the renderer writes the
+placeholders and the mail backends fill them, and mail must not import render (the
+import-linter contract in ``pyproject.toml``).
 """
 
 from __future__ import annotations
