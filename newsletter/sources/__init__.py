@@ -2,7 +2,8 @@
 
 Owns: the ``Source`` contract and the registry that builds a source from its ``SourceConfig``
 (``make_source``). Each kind lives in its own module (``feed``, ``folder``) and turns what it
-reads into ``EntryData`` values.
+reads into ``EntryData`` values; a kind that reads a URL or a file gets its bytes through
+``fetch`` (conditional GET, remembered redirects, size cap, total deadline, charset).
 
 Does not own: normalizing, sanitizing or storing entries (``newsletter.gather``), remembering
 validators and redirects between runs (``newsletter.storage``; a source only reads them from the

@@ -1,14 +1,13 @@
 """Feed sources: RSS 0.9x/1.0/2.0 and Atom (through feedparser) and JSON Feed 1.0/1.1 (ours).
 
-Owns: downloading a feed over HTTP(S) with the shared ``requests`` session (a total deadline per
-fetch, see ``deadline``; a size cap; conditional GET; noticing permanent redirects) or reading
-it from a local file (with an mtime/size validator), telling the formats apart, and mapping what
-the parsers found to ``EntryData``. ``requests`` and parsing errors are wrapped here, once, into
-``SourceError``.
+Owns: telling the formats apart, and mapping what the parsers found to ``EntryData``. Parsing
+errors are wrapped here, once, into ``SourceError``.
 
-Does not own: sanitizing HTML, resolving links, choosing article keys (``newsletter.gather``),
-remembering validators or redirects (``newsletter.storage``), retrying a failed fetch (the next
-gather run is the retry).
+Does not own: getting the document's bytes (``newsletter.sources.fetch``: the conditional GET,
+permanent redirects, the size cap, the total deadline, the charset from ``Content-Type``, the
+mtime/size validator of a local file), sanitizing HTML, resolving links, choosing article keys
+(``newsletter.gather``), remembering validators or redirects (``newsletter.storage``), retrying
+a failed fetch (the next gather run is the retry).
 
 feedparser is called on bytes we downloaded ourselves, never on a URL, with its own sanitizer off
 (there is one sanitizer, in ``gather``) and without the document's URL: feedparser resolves RSS
@@ -23,28 +22,23 @@ import io
 import json
 import logging
 import xml.sax
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import feedparser
 import requests
-import urllib3.exceptions
 
 from newsletter.config import HttpSettings, SourceConfig
 from newsletter.exceptions import ConfigError, SourceError
-from newsletter.sources import deadline
+from newsletter.sources.fetch import Fetcher, is_http, read_file
 from newsletter.types import EntryData, FetchResult, SourceState
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FeedSource"]
 
-_CHUNK = 64 * 1024
-_PERMANENT = frozenset({301, 308})
 _JSON_TYPES = frozenset({"application/feed+json", "application/json"})
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _ACCEPT = (
@@ -69,233 +63,65 @@ class FeedSource:
         self.location = config.location
         self._config = config
         self._target: str | Path = config.path if config.path is not None else str(config.url)
-        # The total deadline of each fetch needs the session's connections to answer to it.
-        self._session = deadline.mount(session)
-        self._user_agent = http.user_agent
+        self._fetcher = Fetcher(session, user_agent=http.user_agent, accept=_ACCEPT)
 
     def __repr__(self) -> str:
         return f"FeedSource({self.name!r}, {self.location!r})"
 
     def fetch(self, state: SourceState) -> FetchResult:
         if isinstance(self._target, Path):
-            return self._fetch_file(self._target, state)
-        return self._fetch_http(self._target, state)
-
-    # --- HTTP ------------------------------------------------------------------------------------
-
-    def _fetch_http(self, configured: str, state: SourceState) -> FetchResult:
-        # Storage hands back where a 301/308 sent us last time; it forgets that by itself when
-        # the configured URL changes.
-        url = state.url if state.url and _is_http(state.url) else configured
-        timeout = self._config.timeout
-        headers = {"User-Agent": self._user_agent, "Accept": _ACCEPT}
-        if state.etag:
-            headers["If-None-Match"] = state.etag
-        if state.last_modified:
-            headers["If-Modified-Since"] = state.last_modified
-        # ``timeout`` bounds the connection and each read; the total deadline bounds the whole
-        # fetch (connect, every redirect hop, headers and body), so a server dribbling a byte at
-        # a time cannot hold a worker for longer than ``timeout`` (see ``deadline``).
-        with (
-            deadline.limit(timeout) as limit,
-            _requests_errors(self.name, url, timeout, limit),
-            self._session.get(url, headers=headers, timeout=timeout, stream=True) as response,
-        ):
-            _check_deadline(limit, self.name, url)
-            final_url = response.url
-            permanent = _permanent_target(response, url)
-            status = response.status_code
-            if status == 304:
-                log.debug("%s: not modified", self.name)
-                return FetchResult(not_modified=True, permanent_url=permanent)
-            if status >= 400:
-                reason = f" {response.reason}" if response.reason else ""
-                raise SourceError(
-                    f"HTTP {status}{reason}", source=self.name, url=url, status=status
-                )
-            if not 200 <= status < 300:
-                raise SourceError(
-                    f"unexpected HTTP status {status}", source=self.name, url=url, status=status
-                )
-            body = self._read_body(response, final_url)
-            # A socket cut by the watchdog can look like a body that ended early.
-            _check_deadline(limit, self.name, url)
-            content_type = response.headers.get("Content-Type", "")
-            etag = response.headers.get("ETag")
-            last_modified = response.headers.get("Last-Modified")
+            fetched = read_file(
+                self._target, state, source=self.name, max_bytes=self._config.max_bytes
+            )
+        else:
+            fetched = self._fetcher.get(
+                self._target,
+                state,
+                source=self.name,
+                timeout=self._config.timeout,
+                max_bytes=self._config.max_bytes,
+            )
+        if fetched.not_modified:
+            return FetchResult(
+                not_modified=True, etag=fetched.etag, permanent_url=fetched.permanent_url
+            )
+        media_type = fetched.media_type
+        # A file has no Content-Type; its suffix is the only label it carries.
+        if isinstance(self._target, Path) and self._target.suffix.lower() == ".json":
+            media_type = "application/feed+json"
         try:
-            entries, _, warning = _parse_document(body, content_type)
+            entries, own_link, warning = _parse_document(fetched.body, media_type, fetched.charset)
         except _Unreadable as e:
-            raise SourceError(str(e), source=self.name, url=final_url) from e
+            raise SourceError(str(e), source=self.name, url=fetched.url) from e
         return FetchResult(
             entries=entries,
-            etag=etag,
-            last_modified=last_modified,
-            permanent_url=permanent,
-            # A relative link in a feed is relative to the feed document itself.
-            base_url=final_url,
+            etag=fetched.etag,
+            last_modified=fetched.last_modified,
+            permanent_url=fetched.permanent_url,
+            # A relative link in a feed is relative to the feed document itself; a file has no
+            # useful URL of its own, so the feed's link is the next best base.
+            base_url=own_link if isinstance(self._target, Path) else fetched.url,
             warning=warning,
         )
-
-    def _read_body(self, response: requests.Response, url: str) -> bytes:
-        limit = self._config.max_bytes
-        declared = response.headers.get("Content-Length", "")
-        # Content-Length counts compressed bytes; if even those exceed the cap, so will the rest.
-        if declared.isdigit() and int(declared) > limit:
-            raise self._too_large(url, f"Content-Length is {int(declared):,} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        # iter_content decompresses, so the cap also stops a small gzip bomb from growing large.
-        for chunk in response.iter_content(_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise self._too_large(url, f"more than {limit:,} bytes received")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _too_large(self, url: str, detail: str) -> SourceError:
-        return SourceError(
-            f"response too large ({detail}; the limit is max_bytes = {self._config.max_bytes:,})",
-            source=self.name,
-            url=url,
-        )
-
-    # --- local file ------------------------------------------------------------------------------
-
-    def _fetch_file(self, path: Path, state: SourceState) -> FetchResult:
-        try:
-            st = path.stat()
-            # An mtime/size validator stands in for an ETag: an untouched file is not re-parsed.
-            validator = f"file:{st.st_mtime_ns:x}-{st.st_size:x}"
-            if state.etag == validator:
-                return FetchResult(not_modified=True, etag=validator)
-            if st.st_size > self._config.max_bytes:
-                raise SourceError(
-                    f"file too large ({st.st_size:,} bytes; the limit is max_bytes = "
-                    f"{self._config.max_bytes:,})",
-                    source=self.name,
-                    url=str(path),
-                )
-            body = path.read_bytes()
-        except FileNotFoundError as e:
-            raise SourceError("file not found", source=self.name, url=str(path)) from e
-        except OSError as e:
-            raise SourceError(
-                f"cannot read file: {e.strerror or e}", source=self.name, url=str(path)
-            ) from e
-        content_type = "application/feed+json" if path.suffix.lower() == ".json" else ""
-        try:
-            entries, own_link, warning = _parse_document(body, content_type)
-        except _Unreadable as e:
-            raise SourceError(str(e), source=self.name, url=str(path)) from e
-        # A file has no useful URL of its own; the feed's link is the next best base.
-        return FetchResult(entries=entries, etag=validator, base_url=own_link, warning=warning)
-
-
-# --- requests boundary ---------------------------------------------------------------------------
-
-
-def _deadline_error(limit: deadline.Deadline, source: str, url: str) -> SourceError:
-    return SourceError(
-        f"no complete answer within {limit.seconds:g} s (total deadline)", source=source, url=url
-    )
-
-
-def _check_deadline(limit: deadline.Deadline, source: str, url: str) -> None:
-    if limit.expired:
-        raise _deadline_error(limit, source, url)
-
-
-@contextmanager
-def _requests_errors(
-    source: str, url: str, timeout: float, limit: deadline.Deadline
-) -> Iterator[None]:
-    """Turn ``requests`` exceptions into ``SourceError`` (the only place that catches them)."""
-    try:
-        yield
-    except SourceError:
-        raise
-    except Exception as e:
-        # Once the watchdog cut the connection, whatever the cut raised (a reset, an incomplete
-        # read, a TLS error) is the deadline's doing; so is a per-read timeout that ran past it.
-        if limit.passed:
-            raise _deadline_error(limit, source, url) from e
-        if isinstance(e, requests.RequestException):
-            raise _request_error(e, source, url, timeout) from e
-        raise
-
-
-def _request_error(
-    e: requests.RequestException, source: str, url: str, timeout: float
-) -> SourceError:
-    if isinstance(e, requests.Timeout):
-        return SourceError(f"timed out after {timeout:g}s", source=source, url=url)
-    if isinstance(e, requests.ConnectionError):
-        inner = e.args[0] if e.args else None
-        # A read timeout while streaming the body surfaces as ConnectionError(ReadTimeoutError).
-        if isinstance(inner, urllib3.exceptions.ReadTimeoutError):
-            return SourceError(f"timed out after {timeout:g}s", source=source, url=url)
-        return SourceError(f"cannot connect: {_connection_reason(e)}", source=source, url=url)
-    if isinstance(e, requests.TooManyRedirects):
-        return SourceError("too many redirects", source=source, url=url)
-    return SourceError(f"request failed: {e}", source=source, url=url)
-
-
-def _connection_reason(e: requests.ConnectionError) -> str:
-    """The useful end of urllib3's nested message ("... Connection refused")."""
-    inner = e.args[0] if e.args else e
-    reason = getattr(inner, "reason", None) or inner
-    # urllib3 prefixes the connection's repr: "HTTPConnection(host=..., port=...): <reason>".
-    return str(reason).split("): ", 1)[-1]
-
-
-def _permanent_target(response: requests.Response, requested: str) -> str | None:
-    """Where the permanent redirects at the start of the chain lead, if they lead anywhere.
-
-    Each 301/308 hop moves the resource for good (RFC 9110, 15.4.2 and 15.4.9); the first
-    temporary hop ends what we may remember, so 301 -> 302 -> final remembers the 302's URL.
-    """
-    hops = response.history
-    target: str | None = None
-    for i, hop in enumerate(hops):
-        if hop.status_code not in _PERMANENT:
-            break
-        target = hops[i + 1].url if i + 1 < len(hops) else response.url
-    return target if target and target != requested else None
-
-
-def _is_http(url: str) -> bool:
-    return urlsplit(url).scheme in ("http", "https")
 
 
 # --- parsing -------------------------------------------------------------------------------------
 
 
 def _parse_document(
-    body: bytes, content_type: str = ""
+    body: bytes, media_type: str, charset: str | None
 ) -> tuple[tuple[EntryData, ...], str | None, str | None]:
     """Parse a feed document of any supported format.
 
-    Returns (entries, the feed's own link, a warning or None). ``content_type`` is the HTTP
-    header, used to pick JSON Feed and to find the charset of an XML feed. Raises
-    ``_Unreadable`` when the document is not a feed at all.
+    Returns (entries, the feed's own link, a warning or None). ``media_type`` and ``charset``
+    come from the HTTP ``Content-Type``: the first helps pick JSON Feed, the second is the
+    charset of an XML feed. Raises ``_Unreadable`` when the document is not a feed at all.
     """
-    media_type, charset = _split_content_type(content_type)
     start = body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
     # Servers mislabel feeds often; the first byte is a better witness than the header.
     if start == b"{" or (start != b"<" and media_type in _JSON_TYPES):
         return _parse_json_feed(body)
     return _parse_xml_feed(body, charset)
-
-
-def _split_content_type(value: str) -> tuple[str, str | None]:
-    media_type, _, params = value.partition(";")
-    charset = None
-    for param in params.split(";"):
-        key, _, val = param.partition("=")
-        if key.strip().lower() == "charset" and val.strip():
-            charset = val.strip().strip("\"'")
-    return media_type.strip().lower(), charset
 
 
 def _parse_xml_feed(
@@ -342,7 +168,7 @@ def _parse_xml_feed(
         warning = "; ".join(p for p in (warning, _summarize(problems)) if p)
     # A document cut off inside an item leaves feedparser an empty entry; it is not an entry.
     kept = tuple(e for e in mapped if e.title or e.guid or e.url or e.content or e.summary)
-    return kept, own_link if own_link and _is_http(own_link) else None, warning
+    return kept, own_link if own_link and is_http(own_link) else None, warning
 
 
 def _summarize(problems: Sequence[str], shown: int = 5) -> str | None:
@@ -474,7 +300,7 @@ def _parse_json_feed(body: bytes) -> tuple[tuple[EntryData, ...], str | None, st
             problems.append(f"item {i + 1}: skipped ({type(e).__name__}: {_short(e)})")
     link = _text(doc.get("home_page_url")) or _text(doc.get("feed_url"))
     warning = _summarize(problems)
-    return tuple(entries), link if link and _is_http(link) else None, warning
+    return tuple(entries), link if link and is_http(link) else None, warning
 
 
 def _json_entry(
