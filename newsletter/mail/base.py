@@ -138,6 +138,18 @@ class RateLimiter:
                 return False
 
 
+def sent_result(recipient: Recipient, message_id: str | None) -> DeliveryResult:
+    return DeliveryResult(
+        recipient.subscriber_id, recipient.email, DeliveryStatus.SENT, message_id=message_id
+    )
+
+
+def failed_result(recipient: Recipient, error: str) -> DeliveryResult:
+    return DeliveryResult(
+        recipient.subscriber_id, recipient.email, DeliveryStatus.FAILED, error=error
+    )
+
+
 class MailBackend(abc.ABC):
     """One way of delivering mail. Subclasses set the class attributes and ``send_batch``."""
 
@@ -276,10 +288,7 @@ class MailBackend(abc.ABC):
                         stopped = e
                     return
                 log.error("batch of %d refused: %s", len(batch), e)
-                results = [
-                    DeliveryResult(r.subscriber_id, r.email, DeliveryStatus.FAILED, error=str(e))
-                    for r in batch.recipients
-                ]
+                results = [failed_result(r, str(e)) for r in batch.recipients]
             if len(results) != len(batch):
                 raise MailError(
                     f"returned {len(results)} results for {len(batch)} recipients",
@@ -381,9 +390,7 @@ class MailBackend(abc.ABC):
             try:
                 results = self.send_batch(PreparedContent(content), batch)
             except MailError as e:
-                return DeliveryResult(
-                    recipient.subscriber_id, recipient.email, DeliveryStatus.FAILED, error=str(e)
-                )
+                return failed_result(recipient, str(e))
         finally:
             if opened:
                 self.close()

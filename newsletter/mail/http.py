@@ -38,10 +38,10 @@ from urllib3.util.retry import Retry
 from newsletter import clock
 from newsletter._version import USER_AGENT
 from newsletter.exceptions import MailError
-from newsletter.mail.base import Batch, MailBackend, PreparedContent
+from newsletter.mail.base import Batch, MailBackend, PreparedContent, failed_result
 from newsletter.mail.message import check_recipient
 from newsletter.text import clean_line
-from newsletter.types import DeliveryResult, DeliveryStatus, Recipient
+from newsletter.types import DeliveryResult, Recipient
 
 if TYPE_CHECKING:
     from newsletter.config import Config
@@ -357,18 +357,6 @@ def display_address(recipient: Recipient) -> str:
     """``"Name" <address>`` for a provider that takes addresses as text (it encodes the name,
     but not the control characters a name from outside may hold: those are removed here)."""
     return str(Address(display_name=clean_line(recipient.name or ""), addr_spec=recipient.email))
-
-
-def sent_result(recipient: Recipient, message_id: str | None) -> DeliveryResult:
-    return DeliveryResult(
-        recipient.subscriber_id, recipient.email, DeliveryStatus.SENT, message_id=message_id
-    )
-
-
-def failed_result(recipient: Recipient, error: str) -> DeliveryResult:
-    return DeliveryResult(
-        recipient.subscriber_id, recipient.email, DeliveryStatus.FAILED, error=error
-    )
 
 
 def in_order(results: Mapping[int, DeliveryResult], size: int) -> list[DeliveryResult]:

@@ -37,14 +37,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from newsletter.exceptions import MailError
-from newsletter.mail.base import Batch, PreparedContent
+from newsletter.mail.base import Batch, PreparedContent, failed_result, sent_result
 from newsletter.mail.http import (
     HttpBackend,
     display_address,
-    failed_result,
     in_order,
     refused_results,
-    sent_result,
 )
 from newsletter.mail.message import list_headers, message_id
 from newsletter.types import DeliveryResult, Recipient

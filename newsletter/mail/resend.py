@@ -52,14 +52,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from newsletter.exceptions import MailError
-from newsletter.mail.base import Batch, PreparedContent
+from newsletter.mail.base import Batch, PreparedContent, failed_result, sent_result
 from newsletter.mail.http import (
     HttpBackend,
     display_address,
-    failed_result,
     in_order,
     refused_results,
-    sent_result,
 )
 from newsletter.mail.message import list_headers
 from newsletter.types import DeliveryResult, Recipient
