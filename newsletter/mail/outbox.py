@@ -24,13 +24,7 @@ from typing import TYPE_CHECKING, Any, Self
 from newsletter import clock
 from newsletter.exceptions import MailError, os_reason
 from newsletter.files import atomic_write, remove_leftover_temp_files
-from newsletter.mail.base import (
-    Batch,
-    MailBackend,
-    PreparedContent,
-    failed_result,
-    sent_result,
-)
+from newsletter.mail.base import Batch, MailBackend, PreparedContent, failed_result, sent_result
 from newsletter.mail.message import build_message
 from newsletter.types import DeliveryResult, Recipient
 

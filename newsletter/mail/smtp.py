@@ -58,13 +58,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from newsletter import clock
 from newsletter.exceptions import ConfigError, MailError
-from newsletter.mail.base import (
-    Batch,
-    MailBackend,
-    PreparedContent,
-    failed_result,
-    sent_result,
-)
+from newsletter.mail.base import Batch, MailBackend, PreparedContent, failed_result, sent_result
 from newsletter.mail.message import build_message
 from newsletter.types import DeliveryResult, DeliveryStatus, Recipient
 
