@@ -3,8 +3,10 @@
 Modelled on django-anymail's ``BaseEmailBackend`` and Django's mail backends: ``send`` opens
 the backend once, claims batches from a ``Ledger``, keeps up to ``concurrency`` batches in
 flight on a thread pool, paces them to ``rate_limit`` messages per second, records a
-``DeliveryResult`` per recipient and closes only what it opened. A provider module implements
-``send_batch``: build the payload for one batch, send it, parse the response.
+``DeliveryResult`` per recipient and closes only what it opened. A backend implements
+``send_batch`` (one batch: send it, a result per recipient); for the HTTP providers it is
+written once in ``mail.http.HttpBackend``, and a provider module builds the payload and parses
+the answer. ``sent_result`` and ``failed_result`` are the one way every backend makes results.
 
 How the loop treats a batch whose ``send_batch`` raised ``MailError``:
 

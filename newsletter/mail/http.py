@@ -167,11 +167,6 @@ class HttpClient:
         except requests.RequestException as e:
             raise self._after_sending(f"request to {url} failed: {e}") from e
 
-    def check(self, response: requests.Response, provider_message: str | None = None) -> None:
-        """Raise ``MailError`` for a response that rejects the whole batch; return on 2xx."""
-        if not 200 <= response.status_code < 300:
-            raise self.refusal(response, provider_message)
-
     def refusal(
         self, response: requests.Response, provider_message: str | None = None
     ) -> MailError:
