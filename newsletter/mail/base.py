@@ -3,8 +3,10 @@
 Modelled on django-anymail's ``BaseEmailBackend`` and Django's mail backends: ``send`` opens
 the backend once, claims batches from a ``Ledger``, keeps up to ``concurrency`` batches in
 flight on a thread pool, paces them to ``rate_limit`` messages per second, records a
-``DeliveryResult`` per recipient and closes only what it opened. A provider module implements
-``send_batch``: build the payload for one batch, send it, parse the response.
+``DeliveryResult`` per recipient and closes only what it opened. A backend implements
+``send_batch`` (one batch: send it, a result per recipient); for the HTTP providers it is
+written once in ``mail.http.HttpBackend``, and a provider module builds the payload and parses
+the answer. ``sent_result`` and ``failed_result`` are the one way every backend makes results.
 
 How the loop treats a batch whose ``send_batch`` raised ``MailError``:
 
@@ -136,6 +138,18 @@ class RateLimiter:
                 time.sleep(delay)
             elif stop.wait(delay):
                 return False
+
+
+def sent_result(recipient: Recipient, message_id: str | None) -> DeliveryResult:
+    return DeliveryResult(
+        recipient.subscriber_id, recipient.email, DeliveryStatus.SENT, message_id=message_id
+    )
+
+
+def failed_result(recipient: Recipient, error: str) -> DeliveryResult:
+    return DeliveryResult(
+        recipient.subscriber_id, recipient.email, DeliveryStatus.FAILED, error=error
+    )
 
 
 class MailBackend(abc.ABC):
@@ -276,10 +290,7 @@ class MailBackend(abc.ABC):
                         stopped = e
                     return
                 log.error("batch of %d refused: %s", len(batch), e)
-                results = [
-                    DeliveryResult(r.subscriber_id, r.email, DeliveryStatus.FAILED, error=str(e))
-                    for r in batch.recipients
-                ]
+                results = [failed_result(r, str(e)) for r in batch.recipients]
             if len(results) != len(batch):
                 raise MailError(
                     f"returned {len(results)} results for {len(batch)} recipients",
@@ -381,9 +392,7 @@ class MailBackend(abc.ABC):
             try:
                 results = self.send_batch(PreparedContent(content), batch)
             except MailError as e:
-                return DeliveryResult(
-                    recipient.subscriber_id, recipient.email, DeliveryStatus.FAILED, error=str(e)
-                )
+                return failed_result(recipient, str(e))
         finally:
             if opened:
                 self.close()

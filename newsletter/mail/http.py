@@ -17,18 +17,22 @@ on whether re-sending could deliver twice:
 request (0.2-0.35 ms each, measured); the proxies for the base URL are read once instead.
 
 ``HttpBackend`` is the base of the provider backends (postmark, sendgrid, mailgun, resend): the
-options they share, one ``HttpClient`` per send, and the split of a batch into recipients whose
-message passes ``mail.message``'s checks and FAILED results for the others.
+options they share, one ``HttpClient`` per send, and the batch template (the checks, the size
+limit, the unreadable-answer error, the refused and in-order results), so that a provider
+module only states its endpoint and limits, builds its payload and parses its answer.
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from email.headerregistry import Address
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from html import escape
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -38,15 +42,17 @@ from urllib3.util.retry import Retry
 from newsletter import clock
 from newsletter._version import USER_AGENT
 from newsletter.exceptions import MailError
-from newsletter.mail.base import Batch, MailBackend, PreparedContent
+from newsletter.mail.base import Batch, MailBackend, PreparedContent, failed_result, sent_result
 from newsletter.mail.message import check_recipient
 from newsletter.text import clean_line
-from newsletter.types import DeliveryResult, DeliveryStatus, Recipient
+from newsletter.types import DeliveryResult, Recipient
 
 if TYPE_CHECKING:
     from newsletter.config import Config
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -161,11 +167,6 @@ class HttpClient:
         except requests.RequestException as e:
             raise self._after_sending(f"request to {url} failed: {e}") from e
 
-    def check(self, response: requests.Response, provider_message: str | None = None) -> None:
-        """Raise ``MailError`` for a response that rejects the whole batch; return on 2xx."""
-        if not 200 <= response.status_code < 300:
-            raise self.refusal(response, provider_message)
-
     def refusal(
         self, response: requests.Response, provider_message: str | None = None
     ) -> MailError:
@@ -238,10 +239,23 @@ def error_text(response: requests.Response, limit: int = 500) -> str:
 
 class HttpBackend(MailBackend):
     """A backend that sends through a provider's HTTP API: ``open`` creates one ``HttpClient``
-    (its pool sized to ``concurrency``), ``close`` closes it. Subclasses set ``default_base_url``
-    and ``client_options`` (their auth header) and implement ``send_batch``."""
+    (its pool sized to ``concurrency``), ``close`` closes it.
+
+    The batch template, like anymail's ``BasePayload``: ``send_batch`` (the checks, the loop
+    over recipients, the refused and in-order results) is written once here. A provider module
+    states its endpoint and limits (the class attributes below, ``client_options`` for its
+    auth), builds the payload (``build_part`` per recipient, ``payload`` for the call) and
+    parses the answer (``parse``; ``refusal`` and ``rejected`` for its error body).
+    """
 
     default_base_url: ClassVar[str]
+    endpoint: str  # the path under the base URL
+    label: ClassVar[str]  # the provider's name in messages ("over Postmark's limit")
+    # Refused before sending above this; None where the provider documents no limit (Resend).
+    max_request_bytes: ClassVar[int | None] = None
+    # A batch may not hold one address twice (variables keyed by address, or the provider
+    # refuses the whole call for it): the second recipient with it fails before sending.
+    unique_addresses: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -319,56 +333,190 @@ class HttpBackend(MailBackend):
             raise MailError("the backend is not open (send_batch outside send)", backend=self.name)
         return self.client
 
-    def checked(
-        self, content: PreparedContent, batch: Batch
-    ) -> tuple[list[tuple[int, Recipient]], dict[int, DeliveryResult]]:
-        """The recipients of ``batch`` whose message passes ``check_recipient``, with their
-        index in the batch, and a FAILED result by index for each one that does not: a bad
-        recipient is left out of the payload rather than sinking the batch."""
+    # --- the batch template ----------------------------------------------------------------
+
+    def send_batch(self, content: PreparedContent, batch: Batch) -> list[DeliveryResult]:
+        """Check each recipient, build their part, post the parts, and answer one result
+        per recipient in batch order. A recipient that fails a check is left out of the payload
+        (FAILED with its own reason) rather than sinking the batch; a payload the provider
+        refuses as a whole fails the recipients still unsettled, unless the loop must decide
+        (``retryable``, ``fatal``, ``uncertain``: raised again)."""
         date = clock.now()
-        good: list[tuple[int, Recipient]] = []
-        failed: dict[int, DeliveryResult] = {}
+        results: dict[int, DeliveryResult] = {}
+        entries: list[Entry] = []
+        seen: set[str] = set()
         for i, recipient in enumerate(batch.recipients):
             try:
                 check_recipient(content, recipient, date=date, backend=self.name)
+                if self.unique_addresses:
+                    self._once_per_batch(recipient, seen)
+                part = self.build_part(content, recipient)
             except MailError as e:
                 log.warning("not sent: %s", e)
-                failed[i] = failed_result(recipient, str(e))
+                results[i] = failed_result(recipient, str(e))
             else:
-                good.append((i, recipient))
-        return good, failed
+                entries.append(Entry(i, recipient, part))
+        if entries:
+            try:
+                self._deliver(content, batch, entries, results)
+            except MailError as e:
+                if e.retryable or e.fatal or e.uncertain:
+                    raise
+                log.error("%s", e)
+                for entry in entries:
+                    results.setdefault(entry.index, failed_result(entry.recipient, str(e)))
+        return in_order(results, len(batch))
+
+    def _once_per_batch(self, recipient: Recipient, seen: set[str]) -> None:
+        address = recipient.email.lower()
+        if address in seen:
+            raise MailError("the address is twice in this batch", backend=self.name)
+        seen.add(address)
+
+    @abc.abstractmethod
+    def build_part(self, content: PreparedContent, recipient: Recipient) -> Any:
+        """This recipient's part of the payload (an email, a personalization, variables).
+        Raises ``MailError`` to fail this recipient alone (a per-message limit)."""
+
+    @abc.abstractmethod
+    def payload(
+        self, content: PreparedContent, batch: Batch, entries: Sequence[Entry]
+    ) -> bytes | list[tuple[str, str]]:
+        """The request body for ``entries``: JSON bytes, or form fields."""
+
+    @abc.abstractmethod
+    def parse(
+        self, response: requests.Response, entries: Sequence[Entry]
+    ) -> dict[int, DeliveryResult]:
+        """A result by batch index for each of ``entries``, read from an accepted (2xx) answer.
+        Raises ``MailError`` (``read_answer``'s ``uncertain`` one for an answer that does not
+        read)."""
+
+    def request_headers(self, batch: Batch) -> dict[str, str]:
+        """Headers of this batch's request beyond the client's (an idempotency key)."""
+        return {}
+
+    def refusal(self, response: requests.Response) -> MailError:
+        """The ``MailError`` for a non-2xx answer; a provider reads its own error body here."""
+        return self.http.refusal(response)
+
+    def rejected(self, response: requests.Response, count: int) -> dict[int, str] | None:
+        """For a refusal that accepted nothing but names the recipients at fault: their reason
+        by position among the ``count`` posted. The template fails those and posts the rest
+        once more (SendGrid refuses a whole call for one bad personalization). None: the
+        refusal is about the whole payload."""
+        return None
+
+    def _deliver(
+        self,
+        content: PreparedContent,
+        batch: Batch,
+        entries: Sequence[Entry],
+        results: dict[int, DeliveryResult],
+    ) -> None:
+        """Post the payload of ``entries`` and put a result for each into ``results``. Raises
+        ``MailError`` when the payload was refused as a whole; ``results`` keeps the recipients
+        a refusal named (``rejected``) and settled before that."""
+        retried = False
+        while entries:
+            response = self.post(self.payload(content, batch, entries), self.request_headers(batch))
+            if 200 <= response.status_code < 300:
+                results.update(self.parse(response, entries))
+                return
+            rejected = None if retried else self.rejected(response, len(entries))
+            if not rejected:
+                raise self.refusal(response)
+            for position, reason in rejected.items():
+                entry = entries[position]
+                results[entry.index] = failed_result(entry.recipient, f"{self.name}: {reason}")
+            entries = [e for position, e in enumerate(entries) if position not in rejected]
+            retried = True
+
+    def post(
+        self, data: bytes | list[tuple[str, str]], headers: Mapping[str, str] | None = None
+    ) -> requests.Response:
+        """POST ``data`` to the endpoint: JSON bytes or form fields, refused before sending
+        when over ``max_request_bytes``."""
+        if isinstance(data, bytes):
+            size = len(data)
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        else:
+            size = sum(len(value.encode()) for _, value in data)
+        limit = self.max_request_bytes
+        if limit is not None and size > limit:
+            raise self.over_limit("refused before sending: the request is", size, "call", limit)
+        return self.http.post(self.endpoint, data=data, headers=headers)
+
+    def over_limit(self, what: str, size: int, per: str, limit: int) -> MailError:
+        """``<what> <size> bytes, over <Provider>'s limit of <limit> per <per>``."""
+        return MailError(
+            f"{what} {size:,} bytes, over {self.label}'s limit of {limit:,} per {per}",
+            backend=self.name,
+        )
+
+    def read_answer(self, response: requests.Response, read: Callable[[Any], T]) -> T:
+        """``read`` applied to the JSON of an accepted answer. An answer that does not read
+        is ``uncertain``: the batch was accepted, but there is no telling which messages went
+        out (an idempotent provider answers the same key again, readably or not)."""
+        try:
+            return read(response.json())
+        except ANSWER_ERRORS as e:
+            raise MailError(
+                f"unreadable answer to an accepted batch ({e}); it may have been sent",
+                backend=self.name,
+                status=response.status_code,
+                provider_message=response.text[:200],
+                uncertain=True,
+            ) from e
 
 
-def refused_results(
-    error: MailError, people: Iterable[tuple[int, Recipient]]
-) -> dict[int, DeliveryResult]:
-    """A payload the provider refused as a whole, as a FAILED result for each of ``people``.
+@dataclass(frozen=True)
+class Entry:
+    """One recipient's part of a batch payload: their position in the batch, the recipient,
+    and what the provider module built for them."""
 
-    Raised again when the loop must decide (``retryable``, ``fatal``, ``uncertain``). Returning
-    results rather than raising keeps the own reason of recipients that failed validation.
-    """
-    if error.retryable or error.fatal or error.uncertain:
-        raise error
-    log.error("%s", error)
-    return {i: failed_result(recipient, str(error)) for i, recipient in people}
+    index: int
+    recipient: Recipient
+    part: Any
+
+
+# What reading a provider's JSON raises when it is not the documented shape.
+ANSWER_ERRORS = (ValueError, KeyError, TypeError, AttributeError)
+
+
+def read_json(response: requests.Response, read: Callable[[Any], T]) -> T | None:
+    """``read`` applied to a response's JSON; None when the body does not read that way (an
+    error answer without the provider's fields, an id missing from an accepted one)."""
+    try:
+        return read(response.json())
+    except ANSWER_ERRORS:
+        return None
+
+
+def sent_to_all(entries: Iterable[Entry], message_id: str | None) -> dict[int, DeliveryResult]:
+    """SENT for every entry, under the one id a provider answers for the whole call."""
+    return {entry.index: sent_result(entry.recipient, message_id) for entry in entries}
+
+
+def substitutions(
+    content: PreparedContent,
+    values: Mapping[str, str],
+    *,
+    text: Callable[[str], str],
+    html: Callable[[str], str],
+) -> dict[str, str]:
+    """A recipient's values under the names a provider substitutes: ``text(name)`` raw for the
+    text body, ``html(name)`` HTML-escaped for the HTML body (providers insert values as
+    given, so the two bodies need different names)."""
+    out = {text(n): values.get(n, "") for n in sorted(content.text.used)}
+    out |= {html(n): escape(values.get(n, "")) for n in sorted(content.html.used)}
+    return out
 
 
 def display_address(recipient: Recipient) -> str:
     """``"Name" <address>`` for a provider that takes addresses as text (it encodes the name,
     but not the control characters a name from outside may hold: those are removed here)."""
     return str(Address(display_name=clean_line(recipient.name or ""), addr_spec=recipient.email))
-
-
-def sent_result(recipient: Recipient, message_id: str | None) -> DeliveryResult:
-    return DeliveryResult(
-        recipient.subscriber_id, recipient.email, DeliveryStatus.SENT, message_id=message_id
-    )
-
-
-def failed_result(recipient: Recipient, error: str) -> DeliveryResult:
-    return DeliveryResult(
-        recipient.subscriber_id, recipient.email, DeliveryStatus.FAILED, error=error
-    )
 
 
 def in_order(results: Mapping[int, DeliveryResult], size: int) -> list[DeliveryResult]:

@@ -31,43 +31,45 @@ address twice: the second recipient with it fails before sending.
 
 from __future__ import annotations
 
-import html
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from newsletter.exceptions import MailError
 from newsletter.mail.base import Batch, PreparedContent
 from newsletter.mail.http import (
+    Entry,
     HttpBackend,
     display_address,
-    failed_result,
-    in_order,
-    refused_results,
-    sent_result,
+    read_json,
+    sent_to_all,
+    substitutions,
 )
 from newsletter.mail.message import list_headers
 from newsletter.types import DeliveryResult, Recipient
 
 if TYPE_CHECKING:
+    import requests
+
     from newsletter.config import Config
 
 REGION_URLS = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
-MAX_MESSAGE_BYTES = 25 * 1000 * 1000
+# ``%recipient.<key>%`` is replaced by the recipient's ``<key>`` (see the module docstring).
+TEXT_KEY = "{}".format
+HTML_KEY = "html_{}".format
 
 
-def html_variable(name: str) -> str:
-    return f"%recipient.html_{name}%"
-
-
-def text_variable(name: str) -> str:
-    return f"%recipient.{name}%"
+def _variable(key: str) -> str:
+    return f"%recipient.{key}%"
 
 
 class MailgunBackend(HttpBackend):
     name = "mailgun"
+    label = "Mailgun"
     max_batch_size = 1000
     idempotent = False  # Mailgun has no idempotency key
     default_base_url = REGION_URLS["us"]
+    max_request_bytes = 25 * 1000 * 1000  # the message, all recipients' variables included
+    unique_addresses = True  # recipient-variables are keyed by address
 
     def __init__(
         self,
@@ -84,6 +86,7 @@ class MailgunBackend(HttpBackend):
         if not domain or "/" in domain:
             raise ValueError(f"invalid Mailgun domain {domain!r}")
         self.domain = domain
+        self.endpoint = f"/v3/{domain}/messages"
 
     @classmethod
     def provider_options(cls, config: Config) -> dict[str, Any]:
@@ -95,36 +98,31 @@ class MailgunBackend(HttpBackend):
     def client_options(self) -> dict[str, Any]:
         return {"auth": ("api", self.token)}
 
-    def send_batch(self, content: PreparedContent, batch: Batch) -> list[DeliveryResult]:
-        good, results = self.checked(content, batch)
-        people: list[tuple[int, Recipient]] = []
-        variables: dict[str, dict[str, str]] = {}
-        seen: set[str] = set()
-        for i, recipient in good:
-            if recipient.email.lower() in seen:
-                results[i] = failed_result(
-                    recipient, f"{self.name}: the address is twice in this batch"
-                )
-                continue
-            seen.add(recipient.email.lower())
-            people.append((i, recipient))
-            variables[recipient.email] = self._variables(content, recipient)
-        if people:
-            try:
-                message_id = self._post(content, people, variables)
-            except MailError as e:
-                results.update(refused_results(e, people))
-            else:
-                for i, recipient in people:
-                    results[i] = sent_result(recipient, message_id)
-        return in_order(results, len(batch))
-
-    def _variables(self, content: PreparedContent, recipient: Recipient) -> dict[str, str]:
+    def build_part(self, content: PreparedContent, recipient: Recipient) -> dict[str, str]:
+        """The recipient's entry of ``recipient-variables``."""
         values = recipient.values
-        out = {n: values.get(n, "") for n in content.text.used}
-        out |= {f"html_{n}": html.escape(values.get(n, "")) for n in content.html.used}
+        out = substitutions(content, values, text=TEXT_KEY, html=HTML_KEY)
         out["unsubscribe_url"] = values["unsubscribe_url"]  # List-Unsubscribe uses it raw
         return out
+
+    def payload(
+        self, content: PreparedContent, batch: Batch, entries: Sequence[Entry]
+    ) -> list[tuple[str, str]]:
+        fields: list[tuple[str, str]] = content.once(self.name, lambda: self._shared(content))
+        variables = {entry.recipient.email: entry.part for entry in entries}
+        return [
+            *fields,
+            *(("to", display_address(entry.recipient)) for entry in entries),
+            ("recipient-variables", json.dumps(variables, ensure_ascii=False)),
+        ]
+
+    def parse(
+        self, response: requests.Response, entries: Sequence[Entry]
+    ) -> dict[int, DeliveryResult]:
+        # One id for the whole call; 200 means queued, so without the id it is still sent,
+        # just not traceable.
+        message_id = read_json(response, lambda body: str(body["id"]) or None)
+        return sent_to_all(entries, message_id)
 
     def _shared(self, content: PreparedContent) -> list[tuple[str, str]]:
         """The form fields every recipient shares, built once per digest."""
@@ -132,38 +130,11 @@ class MailgunBackend(HttpBackend):
         fields = [
             ("from", shared.from_addr),
             ("subject", shared.subject),
-            ("text", content.text.convert(text_variable)),
-            ("html", content.html.convert(html_variable)),
+            ("text", content.text.convert(lambda n: _variable(TEXT_KEY(n)))),
+            ("html", content.html.convert(lambda n: _variable(HTML_KEY(n)))),
         ]
         if shared.reply_to:
             fields.append(("h:Reply-To", shared.reply_to))
-        for name, value in list_headers(shared, text_variable("unsubscribe_url")):
+        for name, value in list_headers(shared, _variable("unsubscribe_url")):
             fields.append((f"h:{name}", value))
         return fields
-
-    def _post(
-        self,
-        content: PreparedContent,
-        people: list[tuple[int, Recipient]],
-        variables: dict[str, dict[str, str]],
-    ) -> str | None:
-        fields: list[tuple[str, str]] = content.once(self.name, lambda: self._shared(content))
-        form = [
-            *fields,
-            *(("to", display_address(recipient)) for _, recipient in people),
-            ("recipient-variables", json.dumps(variables, ensure_ascii=False)),
-        ]
-        size = sum(len(value.encode()) for _, value in form)
-        if size > MAX_MESSAGE_BYTES:
-            raise MailError(
-                f"refused before sending: the message is {size:,} bytes, over Mailgun's "
-                f"limit of {MAX_MESSAGE_BYTES:,}",
-                backend=self.name,
-            )
-        response = self.http.post(f"/v3/{self.domain}/messages", data=form)
-        self.http.check(response)  # 400 refuses the batch; 401: fatal; 429/5xx: retryable
-        try:
-            return str(response.json()["id"]) or None
-        except (ValueError, KeyError, TypeError):
-            # 200 means queued; without the id it is still sent, just not traceable.
-            return None

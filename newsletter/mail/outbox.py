@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Self
 from newsletter import clock
 from newsletter.exceptions import MailError, os_reason
 from newsletter.files import atomic_write, remove_leftover_temp_files
-from newsletter.mail.base import Batch, MailBackend, PreparedContent
+from newsletter.mail.base import Batch, MailBackend, PreparedContent, failed_result, sent_result
 from newsletter.mail.message import build_message
-from newsletter.types import DeliveryResult, DeliveryStatus, Recipient
+from newsletter.types import DeliveryResult, Recipient
 
 if TYPE_CHECKING:
     from newsletter.config import Config
@@ -86,7 +86,7 @@ class OutboxBackend(MailBackend):
             msg = build_message(content, recipient, date=date, backend=self.name)
         except MailError as e:
             log.warning("not written: %s", e)
-            return self._failed(recipient, str(e))
+            return failed_result(recipient, str(e))
         path = self.path_for(content.content.digest_id, recipient)
         try:
             # The message's own policy: CRLF line ends (RFC 5322), long raw headers unfolded.
@@ -102,18 +102,4 @@ class OutboxBackend(MailBackend):
                 delivered=done,
             ) from e
         log.debug("wrote %s", path)
-        return DeliveryResult(
-            subscriber_id=recipient.subscriber_id,
-            email=recipient.email,
-            status=DeliveryStatus.SENT,
-            message_id=str(msg["Message-ID"]),
-        )
-
-    @staticmethod
-    def _failed(recipient: Recipient, reason: str) -> DeliveryResult:
-        return DeliveryResult(
-            subscriber_id=recipient.subscriber_id,
-            email=recipient.email,
-            status=DeliveryStatus.FAILED,
-            error=reason,
-        )
+        return sent_result(recipient, str(msg["Message-ID"]))

@@ -34,18 +34,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from newsletter.exceptions import MailError
-from newsletter.mail.base import Batch, PreparedContent
-from newsletter.mail.http import (
-    HttpBackend,
-    display_address,
-    failed_result,
-    in_order,
-    refused_results,
-    sent_result,
-)
+from newsletter.mail.base import Batch, PreparedContent, failed_result, sent_result
+from newsletter.mail.http import Entry, HttpBackend, display_address, read_json
 from newsletter.mail.message import list_headers, message_id
 from newsletter.types import DeliveryResult, Recipient
 
@@ -64,9 +58,12 @@ ACCOUNT_ERRORS = frozenset({10, 400, 401, 405, 412, 413})
 
 class PostmarkBackend(HttpBackend):
     name = "postmark"
+    label = "Postmark"
     max_batch_size = 500
     idempotent = False  # Postmark has no idempotency key: a lost answer leaves a batch uncertain
     default_base_url = "https://api.postmarkapp.com"
+    endpoint = "/email/batch"
+    max_request_bytes = MAX_REQUEST_BYTES
 
     def __init__(self, token: str, *, message_stream: str = "broadcast", **options: Any) -> None:
         super().__init__(token, **options)
@@ -101,27 +98,8 @@ class PostmarkBackend(HttpBackend):
             )
         return min(self.batch_size, fits)
 
-    def send_batch(self, content: PreparedContent, batch: Batch) -> list[DeliveryResult]:
-        good, results = self.checked(content, batch)
-        parts: list[tuple[int, Recipient, bytes]] = []
-        for i, recipient in good:
-            encoded = json.dumps(self._message(content, recipient), ensure_ascii=False).encode()
-            if len(encoded) > MAX_MESSAGE_BYTES:
-                results[i] = failed_result(
-                    recipient,
-                    f"{self.name}: the message is {len(encoded):,} bytes, over Postmark's "
-                    f"limit of {MAX_MESSAGE_BYTES:,} per message",
-                )
-            else:
-                parts.append((i, recipient, encoded))
-        if parts:
-            try:
-                results.update(self._post(parts))
-            except MailError as e:
-                results.update(refused_results(e, ((i, r) for i, r, _ in parts)))
-        return in_order(results, len(batch))
-
-    def _message(self, content: PreparedContent, recipient: Recipient) -> dict[str, Any]:
+    def build_part(self, content: PreparedContent, recipient: Recipient) -> bytes:
+        """The recipient's message, personalized here, as JSON (checked against the limit)."""
         shared = content.content
         headers = [("Message-ID", message_id(shared, recipient))]
         headers += list_headers(shared, recipient.values["unsubscribe_url"])
@@ -136,51 +114,35 @@ class PostmarkBackend(HttpBackend):
         }
         if shared.reply_to:
             message["ReplyTo"] = shared.reply_to
-        return message
+        encoded = json.dumps(message, ensure_ascii=False).encode()
+        if len(encoded) > MAX_MESSAGE_BYTES:
+            raise self.over_limit("the message is", len(encoded), "message", MAX_MESSAGE_BYTES)
+        return encoded
 
-    def _post(self, parts: list[tuple[int, Recipient, bytes]]) -> dict[int, DeliveryResult]:
-        body = b"[" + b",".join(encoded for _, _, encoded in parts) + b"]"
-        if len(body) > MAX_REQUEST_BYTES:
-            raise MailError(
-                f"refused before sending: the batch is {len(body):,} bytes, over Postmark's "
-                f"limit of {MAX_REQUEST_BYTES:,} per call",
-                backend=self.name,
-            )
-        response = self.http.post(
-            "/email/batch", data=body, headers={"Content-Type": "application/json"}
-        )
-        if not 200 <= response.status_code < 300:
-            refusal = _answer(response)
-            if response.status_code == 422 and refusal and refusal[0] in ACCOUNT_ERRORS:
-                raise self._account_error(refusal, response.status_code)
-            # 401: fatal; 429/5xx (after retries): retryable; anything else refuses the batch.
-            raise self.http.refusal(response, _reason(refusal) if refusal else None)
-        try:
-            answers = response.json()
-            if not isinstance(answers, list) or len(answers) != len(parts):
-                raise ValueError(f"expected a list of {len(parts)} results")
-            read = [
-                (int(a["ErrorCode"]), str(a.get("Message", "")), a.get("MessageID"))
-                for a in answers
-            ]
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            # Accepted, but there is no telling which messages went out.
-            raise MailError(
-                f"unreadable answer to an accepted batch ({e}); it may have been sent",
-                backend=self.name,
-                status=response.status_code,
-                provider_message=response.text[:200],
-                uncertain=True,
-            ) from e
+    def payload(self, content: PreparedContent, batch: Batch, entries: Sequence[Entry]) -> bytes:
+        return b"[" + b",".join(entry.part for entry in entries) + b"]"
+
+    def refusal(self, response: requests.Response) -> MailError:
+        refusal = read_json(response, _error)
+        if response.status_code == 422 and refusal and refusal[0] in ACCOUNT_ERRORS:
+            return self._account_error(refusal, response.status_code)
+        # 401: fatal; 429/5xx (after retries): retryable; anything else refuses the batch.
+        return self.http.refusal(response, _reason(refusal) if refusal else None)
+
+    def parse(
+        self, response: requests.Response, entries: Sequence[Entry]
+    ) -> dict[int, DeliveryResult]:
+        read = self.read_answer(response, lambda answers: _answers(answers, len(entries)))
         if all(code in ACCOUNT_ERRORS for code, _, _ in read):
             # Nothing went out, and nothing will until the account or sender is fixed.
             raise self._account_error(read[0][:2], response.status_code)
         results: dict[int, DeliveryResult] = {}
-        for (i, recipient, _), (code, message, msg_id) in zip(parts, read, strict=True):
+        for entry, (code, message, msg_id) in zip(entries, read, strict=True):
             if code == 0:
-                results[i] = sent_result(recipient, str(msg_id) if msg_id else None)
+                results[entry.index] = sent_result(entry.recipient, str(msg_id) if msg_id else None)
             else:
-                results[i] = failed_result(recipient, f"{self.name}: {_reason((code, message))}")
+                reason = f"{self.name}: {_reason((code, message))}"
+                results[entry.index] = failed_result(entry.recipient, reason)
         return results
 
     def _account_error(self, refusal: tuple[int, str], status: int) -> MailError:
@@ -193,13 +155,16 @@ class PostmarkBackend(HttpBackend):
         )
 
 
-def _answer(response: requests.Response) -> tuple[int, str] | None:
-    """Postmark's ``(ErrorCode, Message)`` from an error answer, if it has them."""
-    try:
-        body = response.json()
-        return int(body["ErrorCode"]), str(body.get("Message", ""))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+def _answers(answers: Any, count: int) -> list[tuple[int, str, Any]]:
+    """``(ErrorCode, Message, MessageID)`` per message, in request order."""
+    if not isinstance(answers, list) or len(answers) != count:
+        raise ValueError(f"expected a list of {count} results")
+    return [(int(a["ErrorCode"]), str(a.get("Message", "")), a.get("MessageID")) for a in answers]
+
+
+def _error(body: Any) -> tuple[int, str]:
+    """Postmark's ``(ErrorCode, Message)`` from an error answer."""
+    return int(body["ErrorCode"]), str(body.get("Message", ""))
 
 
 def _reason(refusal: tuple[int, str]) -> str:

@@ -48,19 +48,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from newsletter.exceptions import MailError
-from newsletter.mail.base import Batch, PreparedContent
-from newsletter.mail.http import (
-    HttpBackend,
-    display_address,
-    failed_result,
-    in_order,
-    refused_results,
-    sent_result,
-)
+from newsletter.mail.base import Batch, PreparedContent, failed_result, sent_result
+from newsletter.mail.http import Entry, HttpBackend, display_address, read_json
 from newsletter.mail.message import list_headers
 from newsletter.types import DeliveryResult, Recipient
 
@@ -80,12 +74,14 @@ def idempotency_key(batch_key: str) -> str:
 
 class ResendBackend(HttpBackend):
     name = "resend"
+    label = "Resend"
     max_batch_size = 100
     idempotent = True  # see the module docstring
     # Resend keeps an idempotency key for 24 hours; a batch left in flight longer than that
     # would be delivered again, so it is reported as uncertain instead (an hour's margin).
     idempotency_window = timedelta(hours=23)
     default_base_url = "https://api.resend.com"
+    endpoint = "/emails/batch"
 
     def client_options(self) -> dict[str, Any]:
         return {
@@ -96,25 +92,8 @@ class ResendBackend(HttpBackend):
             }
         }
 
-    def send_batch(self, content: PreparedContent, batch: Batch) -> list[DeliveryResult]:
-        good, results = self.checked(content, batch)
-        if good:
-            emails = [self._email(content, recipient) for _, recipient in good]
-            response = self.http.post(
-                "/emails/batch",
-                data=json.dumps(emails, ensure_ascii=False).encode(),
-                headers={
-                    "Content-Type": "application/json",
-                    "Idempotency-Key": idempotency_key(batch.key),
-                },
-            )
-            if 200 <= response.status_code < 300:
-                results.update(self._read(response, good))
-            else:
-                results.update(refused_results(self._refusal(response), good))
-        return in_order(results, len(batch))
-
-    def _email(self, content: PreparedContent, recipient: Recipient) -> dict[str, Any]:
+    def build_part(self, content: PreparedContent, recipient: Recipient) -> dict[str, Any]:
+        """The recipient's whole email, personalized here (the batch endpoint takes emails)."""
         shared = content.content
         headers = list_headers(shared, recipient.values["unsubscribe_url"])
         email: dict[str, Any] = {
@@ -129,40 +108,35 @@ class ResendBackend(HttpBackend):
             email["reply_to"] = shared.reply_to
         return email
 
-    def _read(
-        self, response: requests.Response, good: list[tuple[int, Recipient]]
+    def payload(self, content: PreparedContent, batch: Batch, entries: Sequence[Entry]) -> bytes:
+        return json.dumps([entry.part for entry in entries], ensure_ascii=False).encode()
+
+    def request_headers(self, batch: Batch) -> dict[str, str]:
+        return {"Idempotency-Key": idempotency_key(batch.key)}
+
+    def parse(
+        self, response: requests.Response, entries: Sequence[Entry]
     ) -> dict[int, DeliveryResult]:
-        try:
-            body = response.json()
-            ids = [str(item["id"]) for item in body["data"]]
-            errors = {int(e["index"]): str(e.get("message", "")) for e in body.get("errors") or []}
-            if len(ids) + len(errors) != len(good) or not all(0 <= i < len(good) for i in errors):
-                raise ValueError(f"{len(ids)} ids and {len(errors)} errors for {len(good)} emails")
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            # Accepted, but there is no telling which emails went out. The batch stays in
-            # flight; a re-send under the same key gets this answer again or a readable one.
-            raise MailError(
-                f"unreadable answer to an accepted batch ({e}); it may have been sent",
-                backend=self.name,
-                status=response.status_code,
-                provider_message=response.text[:200],
-                uncertain=True,
-            ) from e
+        # An answer that does not read leaves the batch in flight; a re-send under the same
+        # key gets this answer again or a readable one.
+        ids, errors = self.read_answer(response, lambda body: _answer(body, len(entries)))
         results: dict[int, DeliveryResult] = {}
         created = iter(ids)  # "data" lists the created emails in request order
-        for position, (i, recipient) in enumerate(good):
+        for position, entry in enumerate(entries):
             if position in errors:
-                results[i] = failed_result(recipient, f"{self.name}: {errors[position]}")
+                reason = f"{self.name}: {errors[position]}"
+                results[entry.index] = failed_result(entry.recipient, reason)
             else:
-                results[i] = sent_result(recipient, next(created))
+                results[entry.index] = sent_result(entry.recipient, next(created))
         return results
 
-    def _refusal(self, response: requests.Response) -> MailError:
-        try:
-            body = response.json()
-            name, message = str(body.get("name", "")), str(body.get("message", ""))
-        except (ValueError, AttributeError):
+    def refusal(self, response: requests.Response) -> MailError:
+        error = read_json(
+            response, lambda body: (str(body.get("name", "")), str(body.get("message", "")))
+        )
+        if error is None:
             return self.http.refusal(response)
+        name, message = error
         reason = f"{message} ({name})" if name else message
         if response.status_code == 409 and name == "concurrent_idempotent_requests":
             return MailError(
@@ -181,3 +155,17 @@ class ResendBackend(HttpBackend):
                 provider_message=reason,
             )
         return self.http.refusal(response, reason)
+
+
+def _answer(body: Any, count: int) -> tuple[list[str], dict[int, str]]:
+    """The ids of the created emails, and the error message by request position."""
+    ids = [str(item["id"]) for item in body["data"]]
+    errors = {int(e["index"]): str(e.get("message", "")) for e in body.get("errors") or []}
+    if len(ids) + len(errors) != count or not all(0 <= i < count for i in errors):
+        raise ValueError(f"{len(ids)} ids and {len(errors)} errors for {count} emails")
+    return ids, errors
+
+
+def _error(body: Any) -> tuple[str, str]:
+    """Resend's ``(name, message)`` from an error answer."""
+    return str(body.get("name", "")), str(body.get("message", ""))

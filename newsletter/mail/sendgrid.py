@@ -37,22 +37,16 @@ more than the display name. A repeated address fails its second recipient before
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import re
+from collections.abc import Sequence
 from email.utils import parseaddr
 from typing import TYPE_CHECKING, Any
 
 from newsletter.exceptions import MailError
 from newsletter.mail.base import Batch, PreparedContent
-from newsletter.mail.http import (
-    HttpBackend,
-    failed_result,
-    in_order,
-    refused_results,
-    sent_result,
-)
+from newsletter.mail.http import Entry, HttpBackend, read_json, sent_to_all, substitutions
 from newsletter.mail.message import list_headers
 from newsletter.types import DeliveryResult, Recipient
 
@@ -62,87 +56,28 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 30 * 1000 * 1000
 MAX_SUBSTITUTION_BYTES = 50_000  # per personalization
 _PERSONALIZATION_FIELD = re.compile(r"personalizations\.(\d+)\b")
-
-
-def html_tag(name: str) -> str:
-    return f"-nlvar.html.{name}-"
-
-
-def text_tag(name: str) -> str:
-    return f"-nlvar.text.{name}-"
+# Substitution tags (see the module docstring): raw values in the text body, escaped in HTML.
+TEXT_TAG = "-nlvar.text.{}-".format
+HTML_TAG = "-nlvar.html.{}-".format
 
 
 class SendGridBackend(HttpBackend):
     name = "sendgrid"
+    label = "SendGrid"
     max_batch_size = 1000
     idempotent = False  # SendGrid has no idempotency key
     default_base_url = "https://api.sendgrid.com"
+    endpoint = "/v3/mail/send"
+    max_request_bytes = 30 * 1000 * 1000
+    unique_addresses = True  # "each unique email address ... should only be included once"
 
     def client_options(self) -> dict[str, Any]:
         return {"headers": {"Authorization": f"Bearer {self.token}"}}
 
-    def send_batch(self, content: PreparedContent, batch: Batch) -> list[DeliveryResult]:
-        good, results = self.checked(content, batch)
-        people: list[tuple[int, Recipient, dict[str, Any]]] = []
-        seen: set[str] = set()
-        for i, recipient in good:
-            address = recipient.email.lower()
-            if address in seen:
-                results[i] = failed_result(
-                    recipient, f"{self.name}: the address is twice in this batch"
-                )
-                continue
-            seen.add(address)
-            person = self._personalization(content, recipient)
-            size = len(json.dumps(person["substitutions"], ensure_ascii=False).encode())
-            if size > MAX_SUBSTITUTION_BYTES:
-                results[i] = failed_result(
-                    recipient,
-                    f"{self.name}: the recipient's values are {size:,} bytes, over SendGrid's "
-                    f"limit of {MAX_SUBSTITUTION_BYTES:,} per personalization",
-                )
-                continue
-            people.append((i, recipient, person))
-
-        try:
-            self._send(content, people, results)
-        except MailError as e:
-            results.update(refused_results(e, ((i, r) for i, r, _ in people)))
-        return in_order(results, len(batch))
-
-    def _send(
-        self,
-        content: PreparedContent,
-        people: list[tuple[int, Recipient, dict[str, Any]]],
-        results: dict[int, DeliveryResult],
-    ) -> None:
-        """Post ``people``; on a 400 naming personalizations, fail those and post the rest once.
-
-        ``people`` is left holding the recipients still unsettled when a ``MailError`` is raised.
-        """
-        retried = False
-        while people:
-            response = self._post(content, [person for _, _, person in people])
-            if 200 <= response.status_code < 300:
-                message_id = response.headers.get("X-Message-Id") or None
-                for i, recipient, _ in people:
-                    results[i] = sent_result(recipient, message_id)
-                return
-            errors = _errors(response)
-            rejected = None if retried else _rejected(errors, response.status_code, len(people))
-            if rejected is None:
-                text = "; ".join(message for _, message in errors) or None
-                raise self.http.refusal(response, text)
-            for position, reason in rejected.items():
-                i, recipient, _ = people[position]
-                results[i] = failed_result(recipient, f"{self.name}: {reason} (HTTP 400)")
-            people[:] = [p for position, p in enumerate(people) if position not in rejected]
-            retried = True
-
-    def _personalization(self, content: PreparedContent, recipient: Recipient) -> dict[str, Any]:
+    def build_part(self, content: PreparedContent, recipient: Recipient) -> dict[str, Any]:
+        """The recipient's personalization: address, substitution values, list headers."""
         values = recipient.values
         to: dict[str, str] = {"email": recipient.email}
         if recipient.name and not any(c in recipient.name for c in ";,"):
@@ -154,28 +89,41 @@ class SendGridBackend(HttpBackend):
                 recipient.email,
                 recipient.name,
             )
-        substitutions = {text_tag(n): values.get(n, "") for n in sorted(content.text.used)}
-        substitutions |= {
-            html_tag(n): html.escape(values.get(n, "")) for n in sorted(content.html.used)
-        }
+        subs = substitutions(content, values, text=TEXT_TAG, html=HTML_TAG)
+        size = len(json.dumps(subs, ensure_ascii=False).encode())
+        if size > MAX_SUBSTITUTION_BYTES:
+            raise self.over_limit(
+                "the recipient's values are", size, "personalization", MAX_SUBSTITUTION_BYTES
+            )
         return {
             "to": [to],
-            "substitutions": substitutions,
+            "substitutions": subs,
             "headers": dict(list_headers(content.content, values["unsubscribe_url"])),
         }
 
-    def _post(self, content: PreparedContent, people: list[dict[str, Any]]) -> requests.Response:
+    def payload(self, content: PreparedContent, batch: Batch, entries: Sequence[Entry]) -> bytes:
         head, tail = content.once(self.name, lambda: self._shared(content))
-        body = head + json.dumps(people, ensure_ascii=False).encode() + tail
-        if len(body) > MAX_REQUEST_BYTES:
-            raise MailError(
-                f"refused before sending: the request is {len(body):,} bytes, over SendGrid's "
-                f"limit of {MAX_REQUEST_BYTES:,}",
-                backend=self.name,
-            )
-        return self.http.post(
-            "/v3/mail/send", data=body, headers={"Content-Type": "application/json"}
-        )
+        people = [entry.part for entry in entries]
+        body: bytes = head + json.dumps(people, ensure_ascii=False).encode() + tail
+        return body
+
+    def parse(
+        self, response: requests.Response, entries: Sequence[Entry]
+    ) -> dict[int, DeliveryResult]:
+        # 202 has no body and no per-recipient ids: X-Message-Id names the call.
+        return sent_to_all(entries, response.headers.get("X-Message-Id") or None)
+
+    def refusal(self, response: requests.Response) -> MailError:
+        errors = read_json(response, _errors) or []
+        return self.http.refusal(response, "; ".join(message for _, message in errors) or None)
+
+    def rejected(self, response: requests.Response, count: int) -> dict[int, str] | None:
+        # Safe to post the others again: a 400 accepted nothing (see the module docstring).
+        errors = read_json(response, _errors) or []
+        rejected = _rejected(errors, response.status_code, count)
+        if rejected is None:
+            return None
+        return {position: f"{reason} (HTTP 400)" for position, reason in rejected.items()}
 
     def _shared(self, content: PreparedContent) -> tuple[bytes, bytes]:
         """The request body around the personalizations, encoded once per digest."""
@@ -186,8 +134,8 @@ class SendGridBackend(HttpBackend):
             "from": {"email": from_email, **({"name": from_name} if from_name else {})},
             "subject": shared.subject,
             "content": [
-                {"type": "text/plain", "value": content.text.convert(text_tag)},
-                {"type": "text/html", "value": content.html.convert(html_tag)},
+                {"type": "text/plain", "value": content.text.convert(TEXT_TAG)},
+                {"type": "text/html", "value": content.html.convert(HTML_TAG)},
             ],
         }
         if shared.reply_to:
@@ -201,13 +149,9 @@ class SendGridBackend(HttpBackend):
         return head, tail
 
 
-def _errors(response: requests.Response) -> list[tuple[str, str]]:
-    """SendGrid's ``(field, message)`` pairs from an error answer (empty if it has none)."""
-    try:
-        errors = response.json()["errors"]
-        return [(str(e.get("field") or ""), str(e.get("message") or "")) for e in errors]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return []
+def _errors(body: Any) -> list[tuple[str, str]]:
+    """SendGrid's ``(field, message)`` pairs from an error answer."""
+    return [(str(e.get("field") or ""), str(e.get("message") or "")) for e in body["errors"]]
 
 
 def _rejected(errors: list[tuple[str, str]], status: int, count: int) -> dict[int, str] | None:

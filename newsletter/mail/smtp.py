@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from newsletter import clock
 from newsletter.exceptions import ConfigError, MailError
-from newsletter.mail.base import Batch, MailBackend, PreparedContent
+from newsletter.mail.base import Batch, MailBackend, PreparedContent, failed_result, sent_result
 from newsletter.mail.message import build_message
 from newsletter.types import DeliveryResult, DeliveryStatus, Recipient
 
@@ -344,7 +344,7 @@ class SMTPBackend(MailBackend):
                 msg = build_message(content, recipient, date=date, backend=self.name)
             except MailError as e:
                 log.warning("not sent: %s", e)
-                results.append(_failed(recipient, str(e)))
+                results.append(failed_result(recipient, str(e)))
                 continue
             payload = msg.as_bytes()
             message_id = str(msg["Message-ID"])
@@ -357,7 +357,7 @@ class SMTPBackend(MailBackend):
                     if lost.after_data:
                         log.warning("to %s: %s (%s)", recipient.email, UNCERTAIN, lost.reason)
                         uncertain.append(recipient)
-                        results.append(_failed(recipient, f"{UNCERTAIN} ({lost.reason})"))
+                        results.append(failed_result(recipient, f"{UNCERTAIN} ({lost.reason})"))
                         break
                     if retried:
                         stop = MailError(
@@ -374,17 +374,10 @@ class SMTPBackend(MailBackend):
                 except MailError as stop:  # cannot (re)connect, or the sender is refused
                     return self._cut_short(batch, results, uncertain, stop)
                 if result is None:
-                    results.append(
-                        DeliveryResult(
-                            recipient.subscriber_id,
-                            recipient.email,
-                            DeliveryStatus.SENT,
-                            message_id=message_id,
-                        )
-                    )
+                    results.append(sent_result(recipient, message_id))
                 else:
                     log.warning("not sent to %s: %s", recipient.email, result)
-                    results.append(_failed(recipient, result))
+                    results.append(failed_result(recipient, result))
                 break
         if uncertain and not _any_sent(results):
             raise self._uncertain(uncertain, "")
@@ -467,7 +460,7 @@ class SMTPBackend(MailBackend):
             sum(r.status == DeliveryStatus.SENT for r in results),
             len(rest),
         )
-        results.extend(_failed(r, f"not sent: the batch was cut short: {stop}") for r in rest)
+        results.extend(failed_result(r, f"not sent: the batch was cut short: {stop}") for r in rest)
         return results
 
     def _uncertain(self, recipients: Sequence[Recipient], then: str) -> MailError:
@@ -508,12 +501,6 @@ def _reply(code: int, reply: bytes | str) -> str:
     """An SMTP reply as one line: "550 5.1.1 no such user"."""
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
     return f"{code} {' '.join(text.split())}".strip()
-
-
-def _failed(recipient: Recipient, reason: str) -> DeliveryResult:
-    return DeliveryResult(
-        recipient.subscriber_id, recipient.email, DeliveryStatus.FAILED, error=reason
-    )
 
 
 def _any_sent(results: Sequence[DeliveryResult]) -> bool:
