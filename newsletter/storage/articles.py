@@ -76,7 +76,7 @@ class ArticlesMixin(StorageBase):
         wanted = set(fingerprints)
         hashes = sorted({h for _, h in wanted})
         found: set[tuple[str, str]] = set()
-        with self._tx() as conn:
+        with self._read() as conn:
             # By hash first (it is nearly unique), then the link is compared here: the
             # (source, key) index narrows the scan to the source's own rows.
             for start in range(0, len(hashes), 500):
