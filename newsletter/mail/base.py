@@ -106,7 +106,9 @@ class PreparedContent:
         self.html = Template(content.html, is_html=True)
         self.text = Template(content.text, is_html=False)
         self._cache: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        # Reentrant: a factory may itself use ``once`` (a checked message built once reads
+        # the header values every message shares, cached here too).
+        self._lock = threading.RLock()
 
     def once(self, key: str, factory: Callable[[], Any]) -> Any:
         with self._lock:

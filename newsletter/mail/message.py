@@ -94,7 +94,7 @@ def build_message(
     ``backend`` names the caller in errors.
     """
     fail = _failer(recipient, backend)
-    headers, raw = _headers(content.content, recipient, date, fail)
+    headers, raw = _headers(content, recipient, date, fail)
     msg = EmailMessage(policy=POLICY)
     for name, value in headers:
         msg[name] = value
@@ -138,7 +138,7 @@ def check_recipient(
     # A failing build caches nothing, so a bad first recipient does not hide a good second one.
     content.once(_BUILT, lambda: build_message(content, recipient, date=date, backend=backend))
     fail = _failer(recipient, backend)
-    headers, _ = _headers(content.content, recipient, date, fail)
+    headers, _ = _headers(content, recipient, date, fail)
     to = dict(headers)["To"]
     _check_address("To", POLICY.header_factory("To", to), fail)
 
@@ -154,7 +154,7 @@ def _failer(recipient: Recipient, backend: str) -> Callable[[str], MailError]:
 
 
 def _headers(
-    shared: MessageContent,
+    prepared: PreparedContent,
     recipient: Recipient,
     date: datetime,
     fail: Callable[[str], MailError],
@@ -169,15 +169,17 @@ def _headers(
     if date.tzinfo is None or date.utcoffset() is None:
         raise fail("the Date must be timezone-aware")
 
+    shared = prepared.content
     msg_id = message_id(shared, recipient)
     # Headers parsed by the policy: folded and, where needed, RFC 2047-encoded on output. The
     # email package encodes non-ASCII text but passes control characters through raw: NUL,
     # ESC, BEL, BS and DEL from a feed's title would reach the wire as they are. Text from
-    # outside (the subject, display names) is scrubbed to one clean line first.
+    # outside (the subject, display names) is scrubbed to one clean line first; what all
+    # recipients share, once per digest.
     headers = [
-        ("From", _clean_address(shared.from_addr)),
+        ("From", prepared.once("header:From", lambda: _clean_address(shared.from_addr))),
         ("To", formataddr((_scrub(recipient.name or ""), recipient.email))),
-        ("Subject", _scrub(shared.subject)),
+        ("Subject", prepared.once("header:Subject", lambda: _scrub(shared.subject))),
         ("Date", format_datetime(date)),
         ("Message-ID", msg_id),
     ]
