@@ -288,8 +288,13 @@ _MAX_INTEGER = 2**31 - 1
 _MAX_NUMBER = 1e9
 
 
-class _Table:
-    """A view of one TOML table that type-checks each key and reports unknown ones."""
+class Table:
+    """A view of one TOML table that type-checks each key and reports unknown ones.
+
+    Public because the parts that own settings (each mail backend's ``[mail.<name>]``, each
+    source kind's ``[[sources]]`` keys) parse them with it, so their errors name the file,
+    line and key path like every other.
+    """
 
     def __init__(self, data: Mapping[str, Any], path: list[str | int], loader: _Loader) -> None:
         self.data = data
@@ -376,9 +381,25 @@ class _Table:
                 raise self.error(key, f"must not contain control characters, found {bad.group()!r}")
         return value
 
-    def table(self, key: str) -> _Table:
+    def env_name(self, key: str, default: Any = None) -> Any:
+        """The NAME of an environment variable (secrets are read from it, never stored)."""
+        value = self.text(key, default)
+        if isinstance(value, str) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise self.error(key, "expected the NAME of an environment variable, not a value")
+        return value
+
+    def url(self, key: str, default: Any = None) -> Any:
+        """An absolute http(s) URL, without a trailing slash."""
+        value = self.text(key, default)
+        if isinstance(value, str):
+            if not _is_http_url(value):
+                raise self.error(key, f"expected an absolute http(s) URL, got {value!r}")
+            return value.rstrip("/")
+        return value
+
+    def table(self, key: str) -> Table:
         value = self.get(key, dict, {}, "a table")
-        return _Table(value, [*self.path, key], self.loader)
+        return Table(value, [*self.path, key], self.loader)
 
     def allow(self, *keys: str) -> None:
         """Refuse keys not listed. Checked first, so a misspelt key is reported as such and
@@ -473,7 +494,7 @@ def parse_config(text: str, file: Path | None = None) -> Config:
         line = int(found.group(1)) if found else None
         raise ConfigError(f"invalid TOML: {e}", file=file, line=line) from e
     loader = _Loader(file, text)
-    root = _Table(data, [], loader)
+    root = Table(data, [], loader)
     root.allow(
         "newsletter",
         "sources",
@@ -551,7 +572,7 @@ def parse_config(text: str, file: Path | None = None) -> Config:
     )
 
 
-def _newsletter(t: _Table) -> NewsletterSettings:
+def _newsletter(t: Table) -> NewsletterSettings:
     if not t.data:
         raise t.loader.error(["newsletter"], "the [newsletter] table is required")
     t.allow(
@@ -603,14 +624,14 @@ def _newsletter(t: _Table) -> NewsletterSettings:
     return settings
 
 
-def _sources(root: _Table, loader: _Loader) -> tuple[SourceConfig, ...]:
+def _sources(root: Table, loader: _Loader) -> tuple[SourceConfig, ...]:
     raw = root.get("sources", list, [], "an array of tables ([[sources]])")
     out: list[SourceConfig] = []
     names: set[str] = set()
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise loader.error(["sources", i], "expected a table ([[sources]])")
-        t = _Table(item, ["sources", i], loader)
+        t = Table(item, ["sources", i], loader)
         t.allow("name", "kind", "url", "path", "timeout", "max_bytes", "enabled")
         name = t.text("name")
         if name in names:
@@ -642,7 +663,7 @@ def _sources(root: _Table, loader: _Loader) -> tuple[SourceConfig, ...]:
     return tuple(out)
 
 
-def _schedule(t: _Table, default_tz: str) -> ScheduleSettings:
+def _schedule(t: Table, default_tz: str) -> ScheduleSettings:
     t.allow(
         "gather_interval_minutes",
         "digest_cron",
@@ -680,7 +701,7 @@ def _schedule(t: _Table, default_tz: str) -> ScheduleSettings:
     return settings
 
 
-def _digest(t: _Table) -> DigestSettings:
+def _digest(t: Table) -> DigestSettings:
     t.allow(
         "lookback_hours", "max_items", "section_by", "subject", "preheader", "greeting_fallback"
     )
@@ -701,7 +722,7 @@ def _digest(t: _Table) -> DigestSettings:
     return settings
 
 
-def _mail(t: _Table) -> MailSettings:
+def _mail(t: Table) -> MailSettings:
     backend = t.get("backend", str, "outbox", "a string")
     if backend not in MAIL_BACKENDS:
         raise t.error("backend", f"expected one of {', '.join(MAIL_BACKENDS)}, got {backend!r}")
@@ -757,7 +778,7 @@ _WEB_ENV_KEYS = (
 )
 
 
-def _web(t: _Table) -> WebSettings:
+def _web(t: Table) -> WebSettings:
     t.allow(
         "host",
         "port",
@@ -814,7 +835,7 @@ def _web(t: _Table) -> WebSettings:
     )
 
 
-def _storage_url(t: _Table, loader: _Loader) -> str:
+def _storage_url(t: Table, loader: _Loader) -> str:
     url = t.text("url", None)
     path = t.path_value("path", None)
     if url is not None and path is not None:
@@ -845,7 +866,7 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(name).resolve()
 
 
-def _check_output_dir(t: _Table, output: Path, config: Path | None, db: Path | None) -> None:
+def _check_output_dir(t: Table, output: Path, config: Path | None, db: Path | None) -> None:
     """``newsletter serve`` publishes the output directory as ``/feeds/``: one that holds the
     database or the config (and the key files beside it) would publish them too."""
     if output.exists() and not output.is_dir():
@@ -860,7 +881,7 @@ def _check_output_dir(t: _Table, output: Path, config: Path | None, db: Path | N
             )
 
 
-def _check_timezone(t: _Table, key: str, name: str) -> None:
+def _check_timezone(t: Table, key: str, name: str) -> None:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as e:
