@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +33,6 @@ from tests._http import LoopbackServer, Reply
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 TOPIC = "arn:aws:sns:us-east-1:123456789012:newsletter-ses-events"
 OTHER_TOPIC = "arn:aws:sns:us-east-1:210987654321:someone-elses-topic"
-CERT_PATH = "/SimpleNotificationService-f3ecfb7224c7233fe7bb5f59f96de52f.pem"
 LOOPBACK = r"^http://127\.0\.0\.1:\d+/"
 SNS_CERT = (
     r"^https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/SimpleNotificationService-[0-9a-f]+\.pem$"
@@ -160,16 +160,31 @@ def signer() -> Signer:
     return make_signer()
 
 
+class AWS(LoopbackServer):
+    """Stands in for sns.<region>.amazonaws.com: the certificate and ConfirmSubscription.
+
+    Its certificate's name is new for each server: certificates are kept per URL for the
+    process, and a later test's server may be given an earlier one's port."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cert_path = f"/SimpleNotificationService-{secrets.token_hex(16)}.pem"
+
+    def __enter__(self) -> AWS:
+        return self
+
+
 @pytest.fixture
-def aws() -> Iterator[LoopbackServer]:
-    """Stands in for sns.<region>.amazonaws.com: the certificate and ConfirmSubscription."""
-    with LoopbackServer() as server:
+def aws() -> Iterator[AWS]:
+    with AWS() as server:
         yield server
 
 
 @pytest.fixture
-def hook(aws: LoopbackServer, signer: Signer) -> SESWebhook:
-    aws.route(CERT_PATH, Reply(200, signer.cert_pem, {"Content-Type": "application/x-pem-file"}))
+def hook(aws: AWS, signer: Signer) -> SESWebhook:
+    aws.route(
+        aws.cert_path, Reply(200, signer.cert_pem, {"Content-Type": "application/x-pem-file"})
+    )
     aws.route("/", Reply(200, b"<ConfirmSubscriptionResponse/>", {"Content-Type": "text/xml"}))
     return SESWebhook([TOPIC], LOOPBACK + r"SimpleNotificationService-[0-9a-f]+\.pem$", LOOPBACK)
 
@@ -198,7 +213,7 @@ _ids = iter(range(1, 1_000_000))
 
 
 def envelope(
-    aws: LoopbackServer, kind: str = "Notification", *, message: Any = None, **fields: Any
+    aws: AWS, kind: str = "Notification", *, message: Any = None, **fields: Any
 ) -> dict[str, Any]:
     """An SNS message as the HTTP/S JSON format describes it (unsigned)."""
     m: dict[str, Any] = {
@@ -206,7 +221,7 @@ def envelope(
         "MessageId": f"165545c9-2a5c-472c-8df2-{next(_ids):012d}",
         "TopicArn": TOPIC,
         "Timestamp": (NOW - timedelta(seconds=2)).isoformat(timespec="milliseconds")[:-6] + "Z",
-        "SigningCertURL": aws.url(CERT_PATH),
+        "SigningCertURL": aws.url(aws.cert_path),
     }
     if kind == "Notification":
         m["Message"] = json.dumps(DOC_BOUNCE if message is None else message)
@@ -245,7 +260,7 @@ def refused(hook: SESWebhook, req: WebhookRequest, guard: Guard | None = None) -
 
 @pytest.mark.parametrize("version", ["1", "2"])
 def test_a_permanent_bounce_suppresses_each_bounced_recipient(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer, version: str
+    hook: SESWebhook, aws: AWS, signer: Signer, version: str
 ) -> None:
     guard = Guard()
     message = sign(signer, envelope(aws), version)
@@ -261,7 +276,7 @@ def test_a_permanent_bounce_suppresses_each_bounced_recipient(
 
 
 def test_a_complaint_suppresses_each_complained_recipient(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
+    hook: SESWebhook, aws: AWS, signer: Signer
 ) -> None:
     message = sign(signer, envelope(aws, message=DOC_COMPLAINT, Subject="Amazon SES Complaint"))
     assert hook.handle(request(message), Guard()) == [
@@ -270,7 +285,7 @@ def test_a_complaint_suppresses_each_complained_recipient(
 
 
 def test_event_publishing_uses_event_type_and_several_recipients(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
+    hook: SESWebhook, aws: AWS, signer: Signer
 ) -> None:
     bounce = {
         "eventType": "Bounce",
@@ -313,31 +328,31 @@ def test_event_publishing_uses_event_type_and_several_recipients(
     ids=["transient", "undetermined", "delivery", "delay", "send"],
 )
 def test_other_events_are_accepted_and_change_nothing(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer, event: dict[str, Any]
+    hook: SESWebhook, aws: AWS, signer: Signer, event: dict[str, Any]
 ) -> None:
     assert hook.handle(request(sign(signer, envelope(aws, message=event))), Guard()) == []
 
 
 def test_a_signed_message_that_is_no_ses_event_is_ignored(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
+    hook: SESWebhook, aws: AWS, signer: Signer
 ) -> None:
     message = sign(signer, envelope(aws, Message="Hello world!", Subject="My First Message"))
     assert hook.handle(request(message), Guard()) == []
 
 
 def test_the_certificate_is_fetched_once_per_url(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
+    hook: SESWebhook, aws: AWS, signer: Signer
 ) -> None:
     for _ in range(3):
         hook.handle(request(sign(signer, envelope(aws))), Guard())
-    assert len(aws.seen(CERT_PATH)) == 1
+    assert len(aws.seen(aws.cert_path)) == 1
 
 
 # --- subscriptions ------------------------------------------------------------------------------
 
 
 def test_a_subscription_is_confirmed_by_one_get_of_the_subscribe_url(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
+    hook: SESWebhook, aws: AWS, signer: Signer
 ) -> None:
     message = sign(signer, envelope(aws, "SubscriptionConfirmation"), "1")
     assert hook.handle(request(message), Guard()) == []
@@ -347,7 +362,7 @@ def test_a_subscription_is_confirmed_by_one_get_of_the_subscribe_url(
 
 
 def test_a_subscribe_url_outside_the_pattern_is_refused_without_a_request(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
+    hook: SESWebhook, aws: AWS, signer: Signer
 ) -> None:
     elsewhere = "https://attacker.example/?Action=ConfirmSubscription"
     message = sign(signer, envelope(aws, "SubscriptionConfirmation", SubscribeURL=elsewhere))
@@ -357,7 +372,7 @@ def test_a_subscribe_url_outside_the_pattern_is_refused_without_a_request(
 
 
 def test_a_failed_confirmation_is_503_so_sns_retries(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
+    hook: SESWebhook, aws: AWS, signer: Signer
 ) -> None:
     aws.route("/", Reply(500, b"<Error/>"))
     message = sign(signer, envelope(aws, "SubscriptionConfirmation"))
@@ -366,7 +381,7 @@ def test_a_failed_confirmation_is_503_so_sns_retries(
 
 
 def test_an_unsubscribe_confirmation_is_logged_and_nothing_is_requested(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer, caplog: pytest.LogCaptureFixture
+    hook: SESWebhook, aws: AWS, signer: Signer, caplog: pytest.LogCaptureFixture
 ) -> None:
     message = sign(signer, envelope(aws, "UnsubscribeConfirmation"))
     assert hook.handle(request(message), Guard()) == []
@@ -377,9 +392,7 @@ def test_an_unsubscribe_confirmation_is_logged_and_nothing_is_requested(
 # --- what is refused ----------------------------------------------------------------------------
 
 
-def test_a_tampered_message_is_refused(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
-) -> None:
+def test_a_tampered_message_is_refused(hook: SESWebhook, aws: AWS, signer: Signer) -> None:
     message = sign(signer, envelope(aws))
     forged = json.loads(message["Message"])
     forged["bounce"]["bouncedRecipients"][0]["emailAddress"] = "victim@example.com"
@@ -387,7 +400,7 @@ def test_a_tampered_message_is_refused(
     assert (error.status_code, error.message) == (403, "bad signature")
 
 
-def test_an_added_subject_is_refused(hook: SESWebhook, aws: LoopbackServer, signer: Signer) -> None:
+def test_an_added_subject_is_refused(hook: SESWebhook, aws: AWS, signer: Signer) -> None:
     message = sign(signer, envelope(aws))
     assert refused(hook, request({**message, "Subject": "x"})).message == "bad signature"
 
@@ -404,7 +417,7 @@ def test_an_added_subject_is_refused(hook: SESWebhook, aws: LoopbackServer, sign
 )
 def test_a_bad_signature_is_refused(
     hook: SESWebhook,
-    aws: LoopbackServer,
+    aws: AWS,
     signer: Signer,
     change: dict[str, Any],
     expected: str,
@@ -414,14 +427,12 @@ def test_a_bad_signature_is_refused(
     assert (error.status_code, error.message) == (403, expected)
 
 
-def test_the_signature_version_decides_the_hash(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
-) -> None:
+def test_the_signature_version_decides_the_hash(hook: SESWebhook, aws: AWS, signer: Signer) -> None:
     message = sign(signer, envelope(aws), "1")
     assert refused(hook, request({**message, "SignatureVersion": "2"})).status_code == 403
 
 
-def test_a_signature_by_another_key_is_refused(hook: SESWebhook, aws: LoopbackServer) -> None:
+def test_a_signature_by_another_key_is_refused(hook: SESWebhook, aws: AWS) -> None:
     message = sign(make_signer(), envelope(aws))
     assert refused(hook, request(message)).message == "bad signature"
 
@@ -436,7 +447,7 @@ def test_a_signature_by_another_key_is_refused(hook: SESWebhook, aws: LoopbackSe
     ],
 )
 def test_a_certificate_url_outside_the_pattern_is_refused_without_a_request(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer, url: str | None
+    hook: SESWebhook, aws: AWS, signer: Signer, url: str | None
 ) -> None:
     message = sign(signer, envelope(aws, SigningCertURL=url))
     error = refused(hook, request(message))
@@ -458,9 +469,7 @@ def test_the_default_certificate_pattern_takes_amazon_hosts_only() -> None:
         assert not hook.certificate_url.match(bad), bad
 
 
-def test_a_topic_not_configured_is_refused(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
-) -> None:
+def test_a_topic_not_configured_is_refused(hook: SESWebhook, aws: AWS, signer: Signer) -> None:
     message = sign(signer, envelope(aws, TopicArn=OTHER_TOPIC))
     error = refused(hook, request(message))
     assert (error.status_code, error.message) == (403, "messages from this topic are not accepted")
@@ -474,16 +483,14 @@ def test_a_topic_not_configured_is_refused(
     ],
 )
 def test_a_timestamp_outside_the_window_is_refused(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer, age: timedelta, expected: str
+    hook: SESWebhook, aws: AWS, signer: Signer, age: timedelta, expected: str
 ) -> None:
     when = (NOW - age).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     error = refused(hook, request(sign(signer, envelope(aws, Timestamp=when))))
     assert (error.status_code, error.message) == (403, expected)
 
 
-def test_a_retry_an_hour_later_is_accepted(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
-) -> None:
+def test_a_retry_an_hour_later_is_accepted(hook: SESWebhook, aws: AWS, signer: Signer) -> None:
     message = sign(signer, envelope(aws))
     later = NOW + timedelta(seconds=3600)
     assert len(hook.handle(request(message, now=later), Guard())) == 1
@@ -491,15 +498,13 @@ def test_a_retry_an_hour_later_is_accepted(
 
 @pytest.mark.parametrize("when", ["yesterday", "2026-11-29T12:00:00", "9" * 50])
 def test_a_malformed_timestamp_is_refused(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer, when: str
+    hook: SESWebhook, aws: AWS, signer: Signer, when: str
 ) -> None:
     error = refused(hook, request(sign(signer, envelope(aws, Timestamp=when))))
     assert (error.status_code, error.message) == (403, "missing or malformed timestamp")
 
 
-def test_a_replayed_message_id_is_refused(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
-) -> None:
+def test_a_replayed_message_id_is_refused(hook: SESWebhook, aws: AWS, signer: Signer) -> None:
     guard = Guard()
     message = sign(signer, envelope(aws))
     assert len(hook.handle(request(message), guard)) == 1
@@ -508,7 +513,7 @@ def test_a_replayed_message_id_is_refused(
 
 
 def test_a_message_id_is_claimed_only_once_verified(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
+    hook: SESWebhook, aws: AWS, signer: Signer
 ) -> None:
     guard = Guard()
     message = sign(signer, envelope(aws))
@@ -529,7 +534,7 @@ def test_a_message_id_is_claimed_only_once_verified(
     ],
 )
 def test_a_body_that_is_no_sns_message_is_400(
-    hook: SESWebhook, aws: LoopbackServer, body: bytes, expected: str
+    hook: SESWebhook, aws: AWS, body: bytes, expected: str
 ) -> None:
     req = request(envelope(aws), body=body, x_amz_sns_message_type="Notification")
     error = refused(hook, req)
@@ -537,9 +542,7 @@ def test_a_body_that_is_no_sns_message_is_400(
     assert aws.seen() == []
 
 
-def test_a_field_of_the_wrong_type_is_400(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
-) -> None:
+def test_a_field_of_the_wrong_type_is_400(hook: SESWebhook, aws: AWS, signer: Signer) -> None:
     message = {**sign(signer, envelope(aws)), "Message": {"notificationType": "Bounce"}}
     error = refused(hook, request(message))
     assert (error.status_code, error.message) == (400, "not an SNS message (Message)")
@@ -563,26 +566,27 @@ def test_a_field_of_the_wrong_type_is_400(
 )
 def test_headers_missing_or_disagreeing_with_the_body_are_400(
     hook: SESWebhook,
-    aws: LoopbackServer,
+    aws: AWS,
     signer: Signer,
     headers: dict[str, str],
     expected: str,
 ) -> None:
-    error = refused(hook, request(sign(signer, envelope(aws)), **headers))
+    req = request(sign(signer, envelope(aws)))
+    changed = {k.replace("_", "-"): v for k, v in headers.items()}
+    sent = {k: v for k, v in {**req.headers, **changed}.items() if v != "-"}
+    error = refused(hook, WebhookRequest(sent, req.body, req.now))
     assert (error.status_code, error.message) == (400, expected)
 
 
 @pytest.mark.parametrize("content_type", ["-", "application/x-www-form-urlencoded", "text/html"])
 def test_a_body_that_is_not_text_plain_is_415(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer, content_type: str
+    hook: SESWebhook, aws: AWS, signer: Signer, content_type: str
 ) -> None:
     error = refused(hook, request(sign(signer, envelope(aws)), content_type=content_type))
     assert error.status_code == 415
 
 
-def test_application_json_is_accepted_too(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
-) -> None:
+def test_application_json_is_accepted_too(hook: SESWebhook, aws: AWS, signer: Signer) -> None:
     # A delivery policy's headerContentType may set it.
     message = sign(signer, envelope(aws))
     assert len(hook.handle(request(message, content_type="application/json"), Guard())) == 1
@@ -593,12 +597,12 @@ def test_application_json_is_accepted_too(
 
 @pytest.mark.parametrize("fault", ["404", "redirect", "too-large"])
 def test_a_certificate_that_cannot_be_fetched_is_503(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer, fault: str
+    hook: SESWebhook, aws: AWS, signer: Signer, fault: str
 ) -> None:
     # The redirect leads to the right certificate, but where no pattern was checked.
     moved = aws.route("/moved.pem", Reply(200, signer.cert_pem))
     aws.route(
-        CERT_PATH,
+        aws.cert_path,
         {
             "404": Reply(404, b"not found"),
             "redirect": Reply(301, headers={"Location": moved}),
@@ -608,11 +612,11 @@ def test_a_certificate_that_cannot_be_fetched_is_503(
     message = sign(signer, envelope(aws))
     error = refused(hook, request(message))
     assert (error.status_code, error.message) == (503, "signing certificate unavailable")
-    assert [urlsplit(seen.path).path for seen in aws.seen()] == [CERT_PATH]
+    assert [urlsplit(seen.path).path for seen in aws.seen()] == [aws.cert_path]
 
 
 def test_a_certificate_server_that_is_down_is_503(signer: Signer) -> None:
-    with LoopbackServer() as gone:
+    with AWS() as gone:
         message = sign(signer, envelope(gone))
     hook = SESWebhook([TOPIC], LOOPBACK, LOOPBACK, timeout=2)
     assert refused(hook, request(message)).status_code == 503
@@ -620,7 +624,7 @@ def test_a_certificate_server_that_is_down_is_503(signer: Signer) -> None:
 
 @pytest.mark.parametrize("kind", ["not pem", "ec key"])
 def test_a_certificate_that_is_no_rsa_x509_pem_is_refused(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer, kind: str
+    hook: SESWebhook, aws: AWS, signer: Signer, kind: str
 ) -> None:
     if kind == "not pem":
         body = signer.key.public_key().public_bytes(
@@ -640,14 +644,12 @@ def test_a_certificate_that_is_no_rsa_x509_pem_is_refused(
             .sign(key, hashes.SHA256())
             .public_bytes(serialization.Encoding.PEM)
         )
-    aws.route(CERT_PATH, Reply(200, body))
+    aws.route(aws.cert_path, Reply(200, body))
     error = refused(hook, request(sign(signer, envelope(aws))))
     assert (error.status_code, error.message) == (403, "unusable signing certificate")
 
 
-def test_concurrent_messages_are_all_verified(
-    hook: SESWebhook, aws: LoopbackServer, signer: Signer
-) -> None:
+def test_concurrent_messages_are_all_verified(hook: SESWebhook, aws: AWS, signer: Signer) -> None:
     guard, found = Guard(), []
     lock = threading.Lock()
     messages = [sign(signer, envelope(aws)) for _ in range(8)]
@@ -663,3 +665,9 @@ def test_concurrent_messages_are_all_verified(
     for t in threads:
         t.join(timeout=10)
     assert len(found) == 8
+
+
+def test_a_lone_surrogate_is_400(hook: SESWebhook, aws: AWS) -> None:
+    error = refused(hook, request(envelope(aws, Message="\ud800")))
+    assert (error.status_code, error.message) == (400, "the message holds an unpaired surrogate")
+    assert aws.seen() == []

@@ -59,6 +59,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit
 
 import requests
 
@@ -228,7 +229,9 @@ class SESWebhook(Webhook):
 
 
 def _unavailable(what: str, url: str, reason: str) -> Refused:
-    log.error("ses webhook: could not fetch the %s at %s: %s", what, url, reason)
+    # Without the query: a SubscribeURL's token confirms the subscription for whoever has it.
+    where = urlsplit(url)._replace(query="", fragment="").geturl()
+    log.error("ses webhook: could not fetch the %s at %s: %s", what, where, reason)
     return Refused(503, f"{what} unavailable")
 
 
