@@ -81,14 +81,8 @@ DOC_COMPLAINT: dict[str, Any] = {
         "feedbackId": "000001378603177f-18c07c78-fa81-4a58-9dd1-fedc3cb8f49a-000000",
     },
     "mail": {
-        "timestamp": "2016-01-27T14:59:38.237Z",
+        **DOC_BOUNCE["mail"],
         "messageId": "000001378603177f-7a5433e7-8edb-42ae-af10-f0181f34d6ee-000000",
-        "source": "john@example.com",
-        "sourceArn": "arn:aws:ses:us-east-1:888888888888:identity/example.com",
-        "sourceIp": "127.0.3.0",
-        "sendingAccountId": "123456789012",
-        "callerIdentity": "IAM_user_or_role_name",
-        "destination": ["jane@example.com", "mary@example.com", "richard@example.com"],
     },
 }
 
@@ -139,8 +133,8 @@ class Signer:
     cert_pem: bytes
 
 
-def make_signer() -> Signer:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def self_signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    """A PEM X.509 certificate for ``key``'s public half, signed by ``key`` itself."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
     cert = (
         x509.CertificateBuilder()
@@ -152,7 +146,12 @@ def make_signer() -> Signer:
         .not_valid_after(NOW + timedelta(days=365))
         .sign(key, hashes.SHA256())
     )
-    return Signer(key, cert.public_bytes(serialization.Encoding.PEM))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def make_signer() -> Signer:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return Signer(key, self_signed(key))
 
 
 @pytest.fixture(scope="module")
@@ -170,14 +169,14 @@ class AWS(LoopbackServer):
         super().__init__()
         self.cert_path = f"/SimpleNotificationService-{secrets.token_hex(16)}.pem"
 
-    def __enter__(self) -> AWS:
-        return self
-
 
 @pytest.fixture
 def aws() -> Iterator[AWS]:
-    with AWS() as server:
+    server = AWS()
+    try:
         yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture
@@ -616,8 +615,9 @@ def test_a_certificate_that_cannot_be_fetched_is_503(
 
 
 def test_a_certificate_server_that_is_down_is_503(signer: Signer) -> None:
-    with AWS() as gone:
-        message = sign(signer, envelope(gone))
+    gone = AWS()
+    gone.close()
+    message = sign(signer, envelope(gone))
     hook = SESWebhook([TOPIC], LOOPBACK, LOOPBACK, timeout=2)
     assert refused(hook, request(message)).status_code == 503
 
@@ -631,19 +631,7 @@ def test_a_certificate_that_is_no_rsa_x509_pem_is_refused(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     else:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sns.amazonaws.com")])
-        body = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(1)
-            .not_valid_before(NOW - timedelta(days=1))
-            .not_valid_after(NOW + timedelta(days=1))
-            .sign(key, hashes.SHA256())
-            .public_bytes(serialization.Encoding.PEM)
-        )
+        body = self_signed(ec.generate_private_key(ec.SECP256R1()))
     aws.route(aws.cert_path, Reply(200, body))
     error = refused(hook, request(sign(signer, envelope(aws))))
     assert (error.status_code, error.message) == (403, "unusable signing certificate")
