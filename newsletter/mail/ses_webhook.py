@@ -154,10 +154,10 @@ class SESWebhook(Webhook):
 
     def handle(self, request: WebhookRequest, guard: ReplayGuard) -> list[Suppression]:
         message = read_envelope(request)
+        signed = canonical_string(message)  # after it, every signed field is a string
         kind, topic = message["Type"], message["TopicArn"]
         if topic not in self.topic_arns:
             raise Refused(403, "messages from this topic are not accepted")
-        signed = canonical_string(message)
         check_timestamp(message["Timestamp"], request.now)
         cert_url = self._allowed(
             self.certificate_url, message.get("SigningCertURL"), "SigningCertURL"
