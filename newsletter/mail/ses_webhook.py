@@ -143,8 +143,8 @@ class SESWebhook(Webhook):
 
     @classmethod
     def from_config(cls, config: Config) -> Self | None:
-        settings = config.mail.provider("ses")
-        if not settings.sns_topic_arns:
+        settings = config.mail.provider("ses")  # None when [mail.ses] is absent
+        if settings is None or not settings.sns_topic_arns:
             return None
         return cls(
             settings.sns_topic_arns,
