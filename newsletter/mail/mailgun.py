@@ -64,6 +64,7 @@ def _variable(key: str) -> str:
 
 class MailgunBackend(HttpBackend):
     name = "mailgun"
+    webhook = "newsletter.mail.mailgun_webhook:MailgunWebhook"
     label = "Mailgun"
     max_batch_size = 1000
     idempotent = False  # Mailgun has no idempotency key

@@ -58,6 +58,7 @@ ACCOUNT_ERRORS = frozenset({10, 400, 401, 405, 412, 413})
 
 class PostmarkBackend(HttpBackend):
     name = "postmark"
+    webhook = "newsletter.mail.postmark_webhook:PostmarkWebhook"
     label = "Postmark"
     max_batch_size = 500
     idempotent = False  # Postmark has no idempotency key: a lost answer leaves a batch uncertain

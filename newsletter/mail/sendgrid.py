@@ -65,6 +65,7 @@ HTML_TAG = "-nlvar.html.{}-".format
 
 class SendGridBackend(HttpBackend):
     name = "sendgrid"
+    webhook = "newsletter.mail.sendgrid_webhook:SendGridWebhook"
     label = "SendGrid"
     max_batch_size = 1000
     idempotent = False  # SendGrid has no idempotency key
