@@ -135,6 +135,11 @@ class Webhooks:
         except NewsletterError as e:
             log.error("%s webhook: %s", provider, e)
             response = JSONResponse({"error": "temporarily unavailable"}, 503)
+        except Exception:
+            # A bug, answered 500 by Starlette: like any 5xx, it gives its claims back.
+            if guard is not None:
+                await run_in_threadpool(guard.release)
+            raise
         else:
             if suppressions:
                 log.info(
