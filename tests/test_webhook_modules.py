@@ -321,13 +321,17 @@ def test_unconfigured_webhooks_are_none_and_unset_variables_name_their_key(
 
 
 def test_the_webhooks_are_those_the_registered_backends_name() -> None:
-    assert webhook.webhook_providers() == ["postmark", "sendgrid", "mailgun"]
-    assert [webhook.webhook_class(name) for name in webhook.webhook_providers()] == [
+    assert webhook.registered_webhooks() == {
+        "postmark": PostmarkWebhook,
+        "sendgrid": SendGridWebhook,
+        "mailgun": MailgunWebhook,
+    }
+    assert [webhook.webhook_class(name) for name in ("postmark", "sendgrid", "mailgun")] == [
         PostmarkWebhook,
         SendGridWebhook,
         MailgunWebhook,
     ]
-    for name in set(BACKENDS) - set(webhook.webhook_providers()):
+    for name in set(BACKENDS) - set(webhook.registered_webhooks()):
         assert webhook.webhook_class(name) is None, name  # resend, smtp, outbox: no webhook
     for name in ("nope", "webhook", "__init__", "postmark_webhook"):
         assert webhook.webhook_class(name) is None, name  # only registry names, never a module path
@@ -335,10 +339,10 @@ def test_the_webhooks_are_those_the_registered_backends_name() -> None:
 
 def test_only_registered_webhooks_are_served(site: Running) -> None:
     # Every webhook is configured here: still, a backend without one has no route.
-    for name in [*sorted(set(BACKENDS) - set(webhook.webhook_providers())), "nope", "webhook"]:
+    for name in [*sorted(set(BACKENDS) - set(webhook.registered_webhooks())), "nope", "webhook"]:
         answer = requests.post(f"{site.url}/webhooks/{name}", json={}, timeout=10)
         assert answer.status_code == 404, name
-    for name in webhook.webhook_providers():
+    for name in webhook.registered_webhooks():
         answer = requests.post(f"{site.url}/webhooks/{name}", json={}, timeout=10)
         assert answer.status_code in (401, 403), name  # served: it asks for credentials
     assert statuses(site) == UNCHANGED

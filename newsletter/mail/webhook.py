@@ -134,11 +134,13 @@ def webhook_class(name: str) -> type[Webhook] | None:
     return found
 
 
-def webhook_providers() -> list[str]:
-    """The names of the registered backends that have a webhook, in registry order."""
+def registered_webhooks() -> dict[str, type[Webhook]]:
+    """The webhook of every registered backend that has one, by backend name, in registry
+    order."""
     from newsletter.mail import BACKENDS
 
-    return [name for name in BACKENDS if webhook_class(name) is not None]
+    found = {name: webhook_class(name) for name in BACKENDS}
+    return {name: hook for name, hook in found.items() if hook is not None}
 
 
 def _load(path: str) -> Any:

@@ -47,8 +47,8 @@ from newsletter.mail.webhook import (
     Suppression,
     Webhook,
     WebhookRequest,
+    registered_webhooks,
     webhook_class,
-    webhook_providers,
 )
 from newsletter.storage import Storage
 from newsletter.web.limits import MAX_BODY_BYTES
@@ -94,10 +94,8 @@ def check_webhook_secrets(config: Config) -> None:
     """Build every registered webhook from ``config``: ``ConfigError`` when one that is
     configured has its variable unset or unusable (``newsletter serve`` checks at start,
     rather than refusing every request later)."""
-    for provider in webhook_providers():
-        hook = webhook_class(provider)
-        if hook is not None:
-            hook.from_config(config)
+    for hook in registered_webhooks().values():
+        hook.from_config(config)
 
 
 class Webhooks:
