@@ -37,7 +37,7 @@ from newsletter.mail.webhook import Refused, Suppression, Webhook, WebhookReques
 from newsletter.storage import SqlStorage
 from newsletter.types import SubscriberStatus
 from newsletter.web.webhooks import StorageReplayGuard
-from tests.test_web_feeds import Running
+from tests.test_web_feeds import Running, running_site
 from tests.test_web_webhooks import (
     MAILGUN_KEY,
     PM_PASSWORD,
@@ -58,6 +58,18 @@ from tests.test_web_webhooks import (
 __all__ = ["link_secret", "sendgrid_key", "site"]  # fixtures, imported to apply here too
 
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+# Each webhook's variables, named in its provider's table (WEB has the old [web] form).
+TABLES = """
+[mail.postmark]
+webhook_user_env = "TEST_PM_USER"
+webhook_password_env = "TEST_PM_PASSWORD"
+
+[mail.sendgrid]
+webhook_key_env = "TEST_SG_KEY"
+
+[mail.mailgun]
+webhook_signing_key_env = "TEST_MG_KEY"
+"""
 BOUNCED, COMPLAINED = SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED
 
 
@@ -84,7 +96,7 @@ def config(
     example_project: Path, monkeypatch: pytest.MonkeyPatch, sendgrid_key: ec.EllipticCurvePrivateKey
 ) -> Config:
     """The example project with every webhook configured and its variables set."""
-    example_project.write_text(example_project.read_text() + "\n[web]\n" + WEB)
+    example_project.write_text(example_project.read_text() + TABLES)
     monkeypatch.setenv("TEST_PM_USER", PM_USER)
     monkeypatch.setenv("TEST_PM_PASSWORD", PM_PASSWORD)
     monkeypatch.setenv("TEST_SG_KEY", public_key_text(sendgrid_key))
@@ -237,7 +249,7 @@ def test_sendgrid_refuses_a_value_that_is_not_its_key(
     monkeypatch.setenv("TEST_SG_KEY", "bm90IGEga2V5")  # base64, but not a key
     with pytest.raises(ConfigError, match="verification key") as error:
         SendGridWebhook.from_config(config)
-    assert error.value.key == "web.sendgrid_webhook_key_env"
+    assert error.value.key == "mail.sendgrid.webhook_key_env"
     assert "bm90IGEga2V5" not in str(error.value)  # the value is never shown
 
 
@@ -303,18 +315,46 @@ def test_unconfigured_webhooks_are_none_and_unset_variables_name_their_key(
     bare = load_config(example_project)
     for hook_class in (PostmarkWebhook, SendGridWebhook, MailgunWebhook):
         assert hook_class.from_config(bare) is None  # not configured: not served
-    example_project.write_text(example_project.read_text() + "\n[web]\n" + WEB)
+    example_project.write_text(example_project.read_text() + TABLES)
     for name in ("TEST_PM_USER", "TEST_PM_PASSWORD", "TEST_SG_KEY", "TEST_MG_KEY"):
         monkeypatch.delenv(name, raising=False)
     configured = load_config(example_project)
     for hook, key in [
-        (PostmarkWebhook, "web.postmark_webhook_user_env"),
-        (SendGridWebhook, "web.sendgrid_webhook_key_env"),
-        (MailgunWebhook, "web.mailgun_signing_key_env"),
+        (PostmarkWebhook, "mail.postmark.webhook_user_env"),
+        (SendGridWebhook, "mail.sendgrid.webhook_key_env"),
+        (MailgunWebhook, "mail.mailgun.webhook_signing_key_env"),
     ]:
         with pytest.raises(ConfigError, match=r"environment variable \$TEST_\w+ is not set") as e:
             hook.from_config(configured)
         assert e.value.key == key
+
+
+def test_the_old_web_keys_make_the_same_webhooks(config: Config, example_project: Path) -> None:
+    old = example_project.parent / "old.toml"  # beside it: its relative paths resolve alike
+    old.write_text(example_project.read_text().replace(TABLES, "\n[web]\n" + WEB))
+    legacy = load_config(old)
+    assert legacy.deprecations  # still read, with a warning saying what to write instead
+    for hook in (PostmarkWebhook, SendGridWebhook, MailgunWebhook):
+        made = hook.from_config(config)
+        assert made is not None and hook.from_config(legacy) == made
+
+
+def test_serve_reads_the_webhook_secrets_from_the_provider_tables(
+    config: Config, example_project: Path, fixed_clock: list[datetime]
+) -> None:
+    with running_site(example_project) as running:
+        with running.publisher() as publisher:
+            publisher.add_subscriber("hard@example.com")
+        bounce = postmark_bounce("hard@example.com", "HardBounce")
+        url = running.url + "/webhooks/postmark"
+        assert requests.post(url, json=bounce, timeout=10).status_code == 401
+        answer = requests.post(url, json=bounce, auth=(PM_USER, PM_PASSWORD), timeout=10)
+        assert answer.status_code == 200 and answer.json() == {"suppressed": 1, "ignored": 0}
+        mailgun = post_mailgun(
+            running, mailgun_payload({"event": "complained", "recipient": "x@y.z"})
+        )
+        assert mailgun.json() == {"suppressed": 0, "ignored": 1}  # signed, read; not ours
+        assert statuses(running) == {"hard@example.com": BOUNCED}
 
 
 # --- the registry decides which webhooks exist --------------------------------------------------

@@ -1,12 +1,12 @@
 """Mailgun's webhook (``POST /webhooks/mailgun``, JSON): hard bounces and complaints.
 
 ``signature.signature`` is the hex HMAC-SHA256 of ``timestamp`` + ``token`` under the webhook
-signing key (held by the variable ``[web] mailgun_signing_key_env`` names). A timestamp more
-than ``MAX_AGE_SECONDS`` away from now, or not 1 to 12 ASCII digits, is refused (403). A
-token is accepted once: it is claimed through the ``ReplayGuard`` for twice the accepted
-window (past its signed timestamp's window the age check refuses it anyway, and the margin
-covers processes whose clocks disagree a little), so a replay is refused by every ``serve``
-process on the database, and after a restart.
+signing key (held by the variable ``[mail.mailgun] webhook_signing_key_env`` names). A
+timestamp more than ``MAX_AGE_SECONDS`` away from now, or not 1 to 12 ASCII digits, is refused
+(403). A token is accepted once: it is claimed through the ``ReplayGuard`` for twice the
+accepted window (past its signed timestamp's window the age check refuses it anyway, and the
+margin covers processes whose clocks disagree a little), so a replay is refused by every
+``serve`` process on the database, and after a restart.
 
 What counts: ``failed`` with ``severity: permanent`` and reason ``bounce`` or
 ``suppress-bounce`` -> bounced; ``complained`` or a ``suppress-complaint`` failure ->
@@ -64,9 +64,7 @@ class MailgunWebhook(webhook.Webhook):
 
     @classmethod
     def from_config(cls, config: Config) -> Self | None:
-        key = webhook.secret(
-            config, config.web.mailgun_signing_key_env, "web.mailgun_signing_key_env"
-        )
+        key = webhook.secret(config, cls.provider, "webhook_signing_key_env")
         return None if key is None else cls(key)
 
     def handle(

@@ -2,8 +2,8 @@
 
 Postmark signs nothing; its documented protection is HTTP Basic credentials in the webhook
 URL (``https://user:password@host/webhooks/postmark``). Both are compared in constant time;
-a request without them is 401. The variables holding them are named by ``[web]
-postmark_webhook_user_env`` and ``postmark_webhook_password_env`` (both or neither).
+a request without them is 401. The variables holding them are named by
+``[mail.postmark] webhook_user_env`` and ``webhook_password_env`` (both or neither).
 
 What counts (soft bounces and other transient failures are ignored):
 
@@ -58,12 +58,8 @@ class PostmarkWebhook(webhook.Webhook):
 
     @classmethod
     def from_config(cls, config: Config) -> Self | None:
-        user = webhook.secret(
-            config, config.web.postmark_webhook_user_env, "web.postmark_webhook_user_env"
-        )
-        password = webhook.secret(
-            config, config.web.postmark_webhook_password_env, "web.postmark_webhook_password_env"
-        )
+        user = webhook.secret(config, cls.provider, "webhook_user_env")
+        password = webhook.secret(config, cls.provider, "webhook_password_env")
         if user is None or password is None:
             return None
         return cls(user, password)

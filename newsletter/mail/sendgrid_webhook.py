@@ -3,7 +3,7 @@
 An ECDSA (P-256, SHA-256) signature of the ``X-Twilio-Email-Event-Webhook-Timestamp`` header
 followed by the raw body, base64 DER in ``X-Twilio-Email-Event-Webhook-Signature``, checked
 with the public key the SendGrid console shows (base64 DER, or PEM), held by the variable
-``[web] sendgrid_webhook_key_env`` names. Needs the ``cryptography`` package. A timestamp more
+``[mail.sendgrid] webhook_key_env`` names. Needs the ``cryptography`` package. A timestamp more
 than ``MAX_AGE_SECONDS`` away from now, or not 1 to 12 ASCII digits, is refused (403), so a
 captured request cannot be replayed later.
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
 TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
-_KEY = "web.sendgrid_webhook_key_env"
+_KEY = "mail.sendgrid.webhook_key_env"
 _DROPPED = {"bounced address": webhook.BOUNCED, "spam reporting address": webhook.COMPLAINED}
 
 
@@ -90,10 +90,10 @@ class SendGridWebhook(webhook.Webhook):
 
     @classmethod
     def from_config(cls, config: Config) -> Self | None:
-        env = config.web.sendgrid_webhook_key_env
-        text = webhook.secret(config, env, _KEY)
+        text = webhook.secret(config, cls.provider, "webhook_key_env")
         if text is None:
             return None
+        env = config.mail.provider(cls.provider).webhook_key_env
         try:
             return cls(sendgrid_public_key(text))
         except ImportError as e:

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
-from newsletter.exceptions import ConfigError
 from newsletter.jsonsafe import BadBody, parse_json
 from newsletter.types import SubscriberStatus
 
@@ -151,20 +150,15 @@ def _load(path: str) -> Any:
 # --- shared helpers -----------------------------------------------------------------------------
 
 
-def secret(config: Config, env: str | None, key: str) -> str | None:
-    """The value of the environment variable ``env`` (named by the config key ``key``): None
-    when the key is not set (that webhook is off), ``ConfigError`` naming ``key`` when the
-    variable is unset. The value is never logged."""
-    if env is None:
+def secret(config: Config, provider: str, key: str) -> str | None:
+    """The value of the environment variable that ``[mail.<provider>] <key>`` names: None when
+    the key is not set (that webhook is off), ``ConfigError`` naming the key when the variable
+    is unset (``MailBackend.secret``, as for the backend's own token). Never logged."""
+    from newsletter.mail import backend_class
+
+    if getattr(config.mail.provider(provider), key, None) is None:
         return None
-    value = config.secret(env)
-    if value is None:
-        raise ConfigError(
-            f"the environment variable ${env} is not set (it should hold the secret)",
-            file=config.file,
-            key=key,
-        )
-    return value
+    return backend_class(provider).secret(config, key)
 
 
 def suppression(email: Any, status: SubscriberStatus, reason: str) -> list[Suppression]:
