@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from newsletter.jsonsafe import BadBody, parse_json
+from newsletter.mail import BACKENDS, backend_class
 from newsletter.types import SubscriberStatus
 
 if TYPE_CHECKING:
@@ -120,14 +121,13 @@ def webhook_class(name: str) -> type[Webhook] | None:
     backend or it has no webhook. Imports the backend's module (and the webhook's) on first
     use. Raises ``TypeError`` for a registry entry that does not name a ``Webhook`` of that
     provider (a programming error, not a config one)."""
-    from newsletter.mail import BACKENDS  # the package imports this module's neighbours
-
     if name not in BACKENDS:
         return None
-    path: str | None = getattr(_load(BACKENDS[name]), "webhook", None)
+    path = backend_class(name).webhook
     if path is None:
         return None
-    found = _load(path)
+    module_name, _, attribute = path.partition(":")
+    found = getattr(importlib.import_module(module_name), attribute)
     if not (isinstance(found, type) and issubclass(found, Webhook)) or found.provider != name:
         raise TypeError(f"{path} is not the Webhook of {name!r}")
     return found
@@ -136,15 +136,8 @@ def webhook_class(name: str) -> type[Webhook] | None:
 def registered_webhooks() -> dict[str, type[Webhook]]:
     """The webhook of every registered backend that has one, by backend name, in registry
     order."""
-    from newsletter.mail import BACKENDS
-
     found = {name: webhook_class(name) for name in BACKENDS}
     return {name: hook for name, hook in found.items() if hook is not None}
-
-
-def _load(path: str) -> Any:
-    module_name, _, attribute = path.partition(":")
-    return getattr(importlib.import_module(module_name), attribute)
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -154,8 +147,6 @@ def secret(config: Config, provider: str, key: str) -> str | None:
     """The value of the environment variable that ``[mail.<provider>] <key>`` names: None when
     the key is not set (that webhook is off), ``ConfigError`` naming the key when the variable
     is unset (``MailBackend.secret``, as for the backend's own token). Never logged."""
-    from newsletter.mail import backend_class
-
     if getattr(config.mail.provider(provider), key, None) is None:
         return None
     return backend_class(provider).secret(config, key)
