@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import re
 import threading
@@ -64,6 +63,7 @@ from urllib.parse import urlsplit
 import requests
 
 from newsletter._version import USER_AGENT
+from newsletter.jsonsafe import BadBody, parse_json
 from newsletter.mail.webhook import (
     BOUNCED,
     COMPLAINED,
@@ -74,7 +74,6 @@ from newsletter.mail.webhook import (
     WebhookRequest,
     suppression,
 )
-from newsletter.types import SubscriberStatus
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -109,7 +108,6 @@ SIGNED_FIELDS: Mapping[str, tuple[str, ...]] = {
     "UnsubscribeConfirmation": _CONFIRMATION_FIELDS,
 }
 _OPTIONAL_FIELDS = frozenset({"Subject"})
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _UNSAFE_URL = re.compile(r"[\x00-\x20\x7f\\]")  # no pattern should have to think about these
 
 _certificates: OrderedDict[str, RSAPublicKey] = OrderedDict()
@@ -138,8 +136,6 @@ class SESWebhook(Webhook):
         self.certificate_url = re.compile(certificate_url_pattern)
         self.subscribe_url = re.compile(subscribe_url_pattern)
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = USER_AGENT
 
     @classmethod
     def from_config(cls, config: Config) -> Self | None:
@@ -210,10 +206,19 @@ class SESWebhook(Webhook):
         """GET ``url``'s body (2xx, no redirects, at most ``max_bytes``, within ``timeout``
         seconds in all); ``Refused`` (503) otherwise, so that SNS retries the message."""
         started = time.monotonic()
+        # A session per fetch: fetches are rare (a certificate once per URL, a confirmation
+        # once per subscription), and the web layer builds the webhook per request.
         try:
-            with self.session.get(
-                url, timeout=self.timeout, stream=True, allow_redirects=False
-            ) as response:
+            with (
+                requests.Session() as session,
+                session.get(
+                    url,
+                    headers={"User-Agent": USER_AGENT},
+                    timeout=self.timeout,
+                    stream=True,
+                    allow_redirects=False,
+                ) as response,
+            ):
                 if not 200 <= response.status_code < 300:
                     raise _unavailable(what, url, f"HTTP {response.status_code}")
                 body = bytearray()
@@ -244,7 +249,9 @@ def read_envelope(request: WebhookRequest) -> dict[str, Any]:
     content_type = (request.header("content-type") or "").partition(";")[0].strip().lower()
     if content_type not in ACCEPTED_CONTENT_TYPES:
         raise Refused(415, "expected text/plain (an SNS message)")
-    message = _json_object(request.body, "the body")
+    message = request.json()
+    if not isinstance(message, dict):
+        raise Refused(400, "expected a JSON object (an SNS message)")
     kind = message.get("Type")
     if not isinstance(kind, str) or kind not in SIGNED_FIELDS:
         raise Refused(400, "not an SNS message (Type)")
@@ -271,10 +278,7 @@ def canonical_string(message: Mapping[str, Any]) -> bytes:
         if not isinstance(value, str):
             raise Refused(400, f"not an SNS message ({name})")
         parts += (name, "\n", value, "\n")
-    try:
-        return "".join(parts).encode("utf-8")
-    except UnicodeEncodeError as e:  # a lone surrogate, written as a JSON escape
-        raise Refused(400, "the message holds an unpaired surrogate") from e
+    return "".join(parts).encode("utf-8")  # no lone surrogate: parse_json refuses them
 
 
 def check_timestamp(text: str, now: datetime) -> datetime:
@@ -332,20 +336,6 @@ def verify_signature(signed: bytes, signature: Any, version: Any, key: RSAPublic
         raise Refused(403, "bad signature") from e
 
 
-def _json_object(data: str | bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data, parse_constant=_not_json)
-    except (ValueError, RecursionError) as e:
-        raise Refused(400, f"{what} is not JSON") from e
-    if not isinstance(value, dict):
-        raise Refused(400, f"{what} is not a JSON object")
-    return value
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 # --- the SES event ----------------------------------------------------------------------------
 
 
@@ -357,8 +347,10 @@ def ses_suppressions(message: str) -> list[Suppression]:
     not be retried anyway).
     """
     try:
-        event = _json_object(message, "the SNS Message")
-    except Refused:
+        event = parse_json(message.encode("utf-8"))
+    except BadBody:
+        event = None
+    if not isinstance(event, dict):
         log.warning("ses webhook: a notification that is not an SES event was ignored")
         return []
     kind = event.get("notificationType") or event.get("eventType")
@@ -371,21 +363,14 @@ def ses_suppressions(message: str) -> list[Suppression]:
         for recipient in _mappings(bounce.get("bouncedRecipients")):
             detail = recipient.get("diagnosticCode") or recipient.get("status") or ""
             reason = f"ses permanent bounce ({sub_type}): {detail}"
-            found += _suppression(recipient.get("emailAddress"), BOUNCED, reason)
+            found += suppression(recipient.get("emailAddress"), BOUNCED, reason)
     elif kind == "Complaint":
         complaint = _mapping(event.get("complaint"))
         feedback = complaint.get("complaintFeedbackType") or complaint.get("complaintSubType")
         reason = f"ses complaint: {feedback or 'reported as spam'}"
         for recipient in _mappings(complaint.get("complainedRecipients")):
-            found += _suppression(recipient.get("emailAddress"), COMPLAINED, reason)
+            found += suppression(recipient.get("emailAddress"), COMPLAINED, reason)
     return found
-
-
-def _suppression(email: Any, status: SubscriberStatus, reason: str) -> list[Suppression]:
-    # A lone surrogate (written as a JSON escape) reaches no database; SES never sends one.
-    if isinstance(email, str) and _SURROGATE.search(email):
-        return []
-    return suppression(email, status, _SURROGATE.sub("?", reason))
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
