@@ -1030,3 +1030,36 @@ def _constraints(value: Any, shape: Any, path: str) -> list[str]:
         if pattern is not None and not re.fullmatch(pattern.strip("^$"), value):
             found.append(f"{path}: {value[:60]!r} does not match {pattern}")
     return found
+
+
+def aws_environment(folder: Any, **extra: str) -> dict[str, str]:
+    """Environment variables for a hermetic AWS credential chain: the emulator's keys, empty
+    shared config and credentials files in ``folder``, no instance metadata, no container
+    credentials, no profile; so botocore never looks beyond 127.0.0.1 or the test's files."""
+    config, credentials = folder / "aws-config", folder / "aws-credentials"
+    for path in (config, credentials):
+        if not path.exists():
+            path.write_text("")
+    return {
+        "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": AWS_SECRET_KEY,
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        **extra,
+    }
+
+
+# Variables of the chain that a developer's shell may hold and that must not reach a test.
+AWS_VARIABLES = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_REGION",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+)

@@ -74,8 +74,8 @@ import json
 import logging
 import random
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from email.utils import formataddr, parseaddr
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Self
@@ -85,7 +85,14 @@ import requests
 
 from newsletter.exceptions import ConfigError, MailError
 from newsletter.mail.base import Batch, PreparedContent, failed_result, sent_result
-from newsletter.mail.http import RETRY_STATUSES, Entry, HttpBackend, HttpClient, substitutions
+from newsletter.mail.http import (
+    RETRY_STATUSES,
+    Entry,
+    HttpBackend,
+    HttpClient,
+    in_order,
+    substitutions,
+)
 from newsletter.mail.message import list_headers
 from newsletter.text import clean_line
 from newsletter.types import DeliveryResult, Recipient
@@ -373,6 +380,38 @@ class SESBackend(HttpBackend):
 
     # --- the payload ---------------------------------------------------------------------
 
+    def send_batch(self, content: PreparedContent, batch: Batch) -> list[DeliveryResult]:
+        """The template's ``send_batch``, for addresses SES can carry: a recipient whose local
+        part is not 7-bit fails here, one with a non-ASCII domain goes through the checks and
+        out under its IDNA form. Results keep each recipient's address as given."""
+        if all(r.email.isascii() for r in batch.recipients):
+            return super().send_batch(content, batch)
+        given = {r.subscriber_id: r.email for r in batch.recipients}
+        settled: dict[int, DeliveryResult] = {}
+        kept: list[tuple[int, Recipient]] = []
+        for i, r in enumerate(batch.recipients):
+            try:
+                kept.append((i, replace(r, email=self._ascii(r.email))))
+            except MailError as e:
+                log.warning("not sent: %s", e)
+                settled[i] = failed_result(r, str(e))
+
+        def restore(result: DeliveryResult) -> DeliveryResult:
+            return replace(result, email=given[result.subscriber_id])
+
+        if kept:
+            try:
+                inner = super().send_batch(
+                    content, replace(batch, recipients=tuple(r for _, r in kept))
+                )
+            except MailError as e:
+                raise self._with_settled(
+                    e, [*settled.values(), *map(restore, e.delivered)], always=True
+                ) from e
+            for (i, _), result in zip(kept, inner, strict=True):
+                settled[i] = restore(result)
+        return in_order(settled, len(batch))
+
     def build_part(self, content: PreparedContent, recipient: Recipient) -> dict[str, Any]:
         """The recipient's ``BulkEmailEntry``: address, template data, List-Unsubscribe."""
         values = recipient.values
@@ -433,8 +472,13 @@ class SESBackend(HttpBackend):
         return head, tail
 
     def _address(self, name: str | None, address: str) -> str:
-        """``address`` as SES takes it: 7-bit local part, IDNA domain, RFC 2047 name. Raises
-        ``MailError`` for a local part SES cannot carry."""
+        """``address`` as SES takes it, with an RFC 2047 name. Raises ``MailError`` as
+        ``_ascii`` does."""
+        return formataddr((clean_line(name or ""), self._ascii(address)), charset="utf-8")
+
+    def _ascii(self, address: str) -> str:
+        """``address`` with a 7-bit local part and its domain in IDNA. Raises ``MailError`` for
+        a local part SES cannot carry."""
         local, _, domain = address.rpartition("@")
         if not local.isascii():
             raise MailError(
@@ -447,7 +491,7 @@ class SESBackend(HttpBackend):
                 domain = idna.encode(domain, uts46=True).decode()
             except idna.IDNAError as e:
                 raise MailError(f"invalid domain in {address!r}: {e}", backend=self.name) from e
-        return formataddr((clean_line(name or ""), f"{local}@{domain}"), charset="utf-8")
+        return f"{local}@{domain}"
 
     def _header_address(self, value: str, what: str) -> str:
         name, address = parseaddr(value)
@@ -511,7 +555,7 @@ class SESBackend(HttpBackend):
         except MailError as e:
             if e.retryable and not e.uncertain:
                 return str(e)  # the call never reached SES (connection refused)
-            raise self._with_settled(e, results) from e
+            raise self._with_settled(e, results.values()) from e
         if 200 <= response.status_code < 300:
             answers = self.read_answer(response, lambda body: _answers(body, len(pending)))
             return self._settle(pending, answers, results)
@@ -521,7 +565,7 @@ class SESBackend(HttpBackend):
             raise self._stop(f"{message} ({code})", results, status=status, retryable=True)
         if code in THROTTLING or status in RETRY_STATUSES:
             return f"{code or 'HTTP ' + str(status)}: {message}"
-        raise self._with_settled(self._refusal(response, code, message), results)
+        raise self._with_settled(self._refusal(response, code, message), results.values())
 
     def _settle(
         self,
@@ -612,11 +656,17 @@ class SESBackend(HttpBackend):
             delivered=list(results.values()),
         )
 
-    def _with_settled(self, error: MailError, results: Mapping[int, DeliveryResult]) -> MailError:
+    def _with_settled(
+        self, error: MailError, settled: Iterable[DeliveryResult], *, always: bool = False
+    ) -> MailError:
         """``error`` carrying the recipients settled by earlier calls of this batch, so that a
         send that stops keeps them (an uncertain or refused batch does not need them: the loop
-        marks it whole, and the template keeps settled results of a refused one)."""
-        if not (error.retryable or error.fatal) or error.uncertain or not results:
+        marks it whole, and the template keeps settled results of a refused one). ``always``:
+        ``settled`` replaces what ``error`` carries, whatever its kind."""
+        delivered = list(settled)
+        if not always and (
+            not (error.retryable or error.fatal) or error.uncertain or not delivered
+        ):
             return error
         return MailError(
             error.message,
@@ -625,7 +675,8 @@ class SESBackend(HttpBackend):
             provider_message=error.provider_message,
             retryable=error.retryable,
             fatal=error.fatal,
-            delivered=list(results.values()),
+            uncertain=error.uncertain,
+            delivered=delivered,
         )
 
 
@@ -654,7 +705,7 @@ def _error(response: requests.Response) -> tuple[str, str]:
     parsed = create_parser("rest-json").parse(
         {
             "status_code": response.status_code,
-            "headers": dict(response.headers),
+            "headers": response.headers,  # case-insensitive, as botocore expects
             "body": response.content,
         },
         shape,
@@ -673,25 +724,40 @@ def _convert(template: Template, variable: Any) -> str:
     return handlebars(template.literals, [_mustache(variable(n)) for n in template.names])
 
 
-_OPEN = re.compile(r"\{(?=\{)|\\(?=\\*\{\{)")
-_OPEN_AT_END = re.compile(r"\{(?=\{|\Z)|\\(?=\\*(\{\{|\{?\Z))")
-
-
 def handlebars(literals: Sequence[str], mustaches: Sequence[str]) -> str:
     """Literal text and mustaches, interleaved (``literals`` one longer), as a Handlebars
     template in which every literal renders as itself (see the module docstring).
 
-    A ``{`` followed by ``{`` (or by a mustache), a ``\\`` before a ``{{`` and a ``}`` right after
-    a mustache are replaced by mustaches of variables holding them."""
+    A ``{`` before a ``{``, a ``\\`` before a ``{{`` (in what is written, so a mustache
+    counts) and a ``}`` right after a mustache are written as mustaches of variables holding
+    them."""
     out: list[str] = []
     for i, literal in enumerate(literals):
-        before, after = i > 0, i < len(mustaches)
-        if before and literal.startswith("}"):
+        if i > 0 and literal.startswith("}"):
             stripped = literal.lstrip("}")
             out.append(RB * (len(literal) - len(stripped)))
             literal = stripped
-        pattern = _OPEN_AT_END if after else _OPEN
-        out.append(pattern.sub(lambda m: LB if m[0] == "{" else BS, literal))
-        if after:
-            out.append(mustaches[i])
+        after = mustaches[i] if i < len(mustaches) else ""
+        out.append(_escape(literal, after))
+        out.append(after)
     return "".join(out)
+
+
+def _escape(literal: str, after: str) -> str:
+    """``literal`` with its ``{`` and ``\\`` escaped, given what is written after it.
+    Right to left, since whether a character opens a mustache depends on what follows it as
+    written (an escaped ``\\`` itself starts with ``{{``)."""
+    if "{" not in literal and not (after and literal.endswith("\\")):
+        return literal  # the common case: nothing can open a mustache
+    pieces: list[str] = []
+    following = after[:2]
+    for char in reversed(literal):
+        if char == "{" and following.startswith("{"):
+            piece = LB
+        elif char == "\\" and following.startswith("{{"):
+            piece = BS
+        else:
+            piece = char
+        pieces.append(piece)
+        following = (piece + following)[:2]
+    return "".join(reversed(pieces))
