@@ -52,9 +52,11 @@ lookback_hours = 1000
 
 [mail]
 backend = "{backend}"
+concurrency = {concurrency}
+
+[mail.{backend}]
 token_env = "BENCH_TOKEN"
 base_url = "http://127.0.0.1:{port}"
-concurrency = {concurrency}
 {extra}
 [storage]
 path = "bench.db"

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
+import logging
 import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from email.utils import formataddr, parseaddr
 from pathlib import Path
 from typing import Any
@@ -27,38 +29,21 @@ from newsletter.addresses import validate_address
 from newsletter.cron import crontab_trigger
 from newsletter.exceptions import ConfigError, SubscriberError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CONFIG_NAME = "newsletter.toml"
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 SOURCE_KINDS = ("feed", "folder")
-MAIL_BACKENDS = ("outbox", "postmark", "sendgrid", "mailgun", "resend", "smtp")
-_HTTP_KEYS = ("token_env", "base_url", "max_retries", "timeout")
-# The keys each backend accepts besides the common ones; a key another backend uses is refused
-# with a message naming the backend, so a half-edited config does not silently ignore it.
-MAIL_KEYS: dict[str, tuple[str, ...]] = {
-    "outbox": ("outbox_dir",),
-    "postmark": (*_HTTP_KEYS, "message_stream"),
-    "sendgrid": _HTTP_KEYS,
-    "mailgun": (*_HTTP_KEYS, "domain", "region"),
-    "resend": _HTTP_KEYS,
-    "smtp": (
-        "host",
-        "port",
-        "security",
-        "username",
-        "password_env",
-        "ca_file",
-        "timeout",
-        "max_retries",
-    ),
+# The keys of ``[mail]`` itself; everything else a backend takes lives in its own table.
+MAIL_COMMON_KEYS = ("backend", "batch_size", "concurrency", "rate_limit")
+# ``[web]`` keys of the release before ``[mail.<backend>]`` tables: still read (with a warning)
+# as the key of the provider's own table they became.
+_LEGACY_WEBHOOK_KEYS: dict[str, tuple[str, str]] = {
+    "postmark_webhook_user_env": ("postmark", "webhook_user_env"),
+    "postmark_webhook_password_env": ("postmark", "webhook_password_env"),
+    "sendgrid_webhook_key_env": ("sendgrid", "webhook_key_env"),
+    "mailgun_signing_key_env": ("mailgun", "webhook_signing_key_env"),
 }
-MAIL_REQUIRED: dict[str, tuple[str, ...]] = {
-    "postmark": ("token_env",),
-    "sendgrid": ("token_env",),
-    "mailgun": ("token_env", "domain"),
-    "resend": ("token_env",),
-    "smtp": ("host",),
-}
-SMTP_SECURITY = ("starttls", "tls", "none")
 # Ceilings of the duration keys (README, "Configuration"): generous, but each still fits a
 # timedelta, a timer and a SQL integer.
 _HOUR_S = 3600
@@ -154,24 +139,21 @@ class DigestSettings:
 
 @dataclass(frozen=True)
 class MailSettings:
+    """``[mail]``: which backend sends and how hard it may push; each backend's own keys are in
+    its table ``[mail.<backend>]``, parsed by the backend's ``Settings`` class (``providers``)."""
+
     backend: str = "outbox"
-    outbox_dir: Path = Path("outbox")
     batch_size: int | None = None  # None: the backend's own default (its documented maximum)
     concurrency: int = 4  # batches in flight at once
     rate_limit: float | None = None  # messages per second, None: as fast as the provider takes
-    max_retries: int = 5  # for 429, 5xx and connection errors
-    timeout: float = 30.0  # seconds per request
-    base_url: str | None = None  # None: the provider's public endpoint
-    token_env: str | None = None  # NAME of the variable holding the API token or key
-    message_stream: str = "broadcast"  # Postmark
-    domain: str | None = None  # Mailgun sending domain
-    region: str = "us"  # Mailgun: "us" or "eu"
-    host: str | None = None  # SMTP
-    port: int | None = None  # SMTP; None: 587 for starttls, 465 for tls, 25 for none
-    security: str = "starttls"  # SMTP: one of SMTP_SECURITY
-    username: str | None = None  # SMTP AUTH
-    password_env: str | None = None  # SMTP AUTH: NAME of the variable holding the password
-    ca_file: Path | None = None  # SMTP: trust this CA bundle (a private or test CA)
+    # backend name -> its parsed settings: the chosen backend's always, others' when their
+    # table is present (a provider's webhook keeps working after switching away from it).
+    providers: Mapping[str, Any] = field(default_factory=dict)
+
+    def provider(self, name: str) -> Any:
+        """The settings of backend ``name`` (its ``Settings`` class), or None when neither
+        chosen nor configured."""
+        return self.providers.get(name)
 
 
 @dataclass(frozen=True)
@@ -190,11 +172,8 @@ class HttpSettings:
 
 @dataclass(frozen=True)
 class WebSettings:
-    """``newsletter serve``: where it listens, whom it trusts, and the webhooks' secrets.
-
-    The ``*_env`` keys hold the NAMES of environment variables; a webhook whose names are not
-    configured is not served at all.
-    """
+    """``newsletter serve``: where it listens and whom it trusts. (The webhooks' secrets are
+    named in each provider's ``[mail.<backend>]`` table.)"""
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -202,10 +181,6 @@ class WebSettings:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     subscribe_rate_per_minute: float = 5.0  # POST /subscribe per client address
     confirm_hours: float = 72.0  # lifetime of a confirmation link
-    postmark_webhook_user_env: str | None = None
-    postmark_webhook_password_env: str | None = None
-    sendgrid_webhook_key_env: str | None = None  # the Signed Event Webhook's public key
-    mailgun_signing_key_env: str | None = None  # Mailgun's HTTP webhook signing key
 
 
 @dataclass(frozen=True)
@@ -221,6 +196,9 @@ class Config:
     http: HttpSettings = field(default_factory=HttpSettings)
     templates_dir: Path | None = None  # the user's overrides, searched before ours
     web: WebSettings = field(default_factory=WebSettings)
+    # What the file says in a layout that still works but will not in the next release, each
+    # with the form to write instead (logged when the file is read; ``newsletter check`` too).
+    deprecations: tuple[str, ...] = ()
 
     def secret(self, env_name: str) -> str | None:
         """Read a secret from the environment variable the config names (never from the file)."""
@@ -256,10 +234,18 @@ class _Locator:
                 i += 2
                 continue
             if isinstance(part, str) and i < len(path) - 1 and table is None:
-                found = self._nth_header(f"[{part}]", 0)
+                # The longest dotted header first: ``[mail.smtp]`` before ``[mail]``.
+                for end in range(len(path) - 1, i, -1):
+                    names = path[i:end]
+                    if not all(isinstance(n, str) for n in names):
+                        continue
+                    found = self._nth_header(f"[{'.'.join(map(str, names))}]", 0)
+                    if found is not None:
+                        start, table, i = found, ".".join(map(str, names)), end
+                        break
+                else:
+                    found = None
                 if found is not None:
-                    start, table = found, part
-                    i += 1
                     continue
             if isinstance(part, str):
                 key_re = re.compile(rf"^\s*[\"']?{re.escape(part)}[\"']?\s*=")
@@ -300,6 +286,13 @@ class Table:
         self.data = data
         self.path = path
         self.loader = loader
+        self.owner = "this table"  # who reads it, for messages: "the 'smtp' backend"
+
+    def require(self, *keys: str) -> None:
+        """Refuse the table when one of ``keys`` is missing, naming who needs it."""
+        for key in keys:
+            if key not in self.data:
+                raise self.error(key, f"is required by {self.owner}")
 
     def error(self, key: str | None, message: str) -> ConfigError:
         return self.loader.error([*self.path, key] if key else self.path, message)
@@ -534,7 +527,9 @@ def parse_config(text: str, file: Path | None = None) -> Config:
             "websub_hub", f"expected an absolute http(s) URL, got {feeds.websub_hub!r}"
         )
     digest = _digest(root.table("digest"))
-    mail = _mail(root.table("mail"))
+    deprecations: list[str] = []
+    web, legacy_hooks = _web(root.table("web"), deprecations)
+    mail = _mail(root.table("mail"), legacy_hooks, deprecations)
     storage_t = root.table("storage")
     storage_t.allow("url", "path")
     storage = StorageSettings(url=_storage_url(storage_t, loader))
@@ -556,7 +551,8 @@ def parse_config(text: str, file: Path | None = None) -> Config:
     templates = root.path_value("templates", None)
     if templates is not None and not templates.is_dir():
         raise root.error("templates", f"is not a directory: {templates}")
-    web = _web(root.table("web"))
+    for message in deprecations:
+        log.warning("%s", message)
     return Config(
         file=file,
         newsletter=nl,
@@ -569,6 +565,7 @@ def parse_config(text: str, file: Path | None = None) -> Config:
         http=http,
         templates_dir=templates,
         web=web,
+        deprecations=tuple(deprecations),
     )
 
 
@@ -722,81 +719,98 @@ def _digest(t: Table) -> DigestSettings:
     return settings
 
 
-def _mail(t: Table) -> MailSettings:
+def _mail(
+    t: Table, legacy_hooks: dict[str, dict[str, str]], deprecations: list[str]
+) -> MailSettings:
+    """``[mail]``'s common keys, then each backend's table, parsed by the backend's own
+    ``Settings`` class found through the registry (``newsletter.mail.BACKENDS``)."""
+    from newsletter.mail import BACKENDS, settings_class
+
     backend = t.get("backend", str, "outbox", "a string")
-    if backend not in MAIL_BACKENDS:
-        raise t.error("backend", f"expected one of {', '.join(MAIL_BACKENDS)}, got {backend!r}")
-    own = MAIL_KEYS[backend]
-    for key in t.data:
-        if key not in own and any(key in keys for keys in MAIL_KEYS.values()):
-            raise t.error(key, f"is not used by the {backend!r} backend")
-    t.allow("backend", "batch_size", "concurrency", "rate_limit", *own)
-    for key in MAIL_REQUIRED.get(backend, ()):
-        if key not in t.data:
-            raise t.error(key, f"is required by the {backend!r} backend")
-    for key in ("token_env", "password_env"):
-        name = t.text(key, None)
-        if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise t.error(key, "expected the NAME of an environment variable, not a value")
-    base_url = t.text("base_url", None)
-    if base_url is not None and not _is_http_url(base_url):
-        raise t.error("base_url", f"expected an absolute http(s) URL, got {base_url!r}")
-    region = t.text("region", "us")
-    if region not in ("us", "eu"):
-        raise t.error("region", f'expected "us" or "eu", got {region!r}')
-    security = t.text("security", "starttls")
-    if security not in SMTP_SECURITY:
-        raise t.error("security", f"expected one of {', '.join(SMTP_SECURITY)}, got {security!r}")
+    if backend not in BACKENDS:
+        raise t.error("backend", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    tables = {k for k, v in t.data.items() if k in BACKENDS and isinstance(v, dict)}
+    flat = {k: v for k, v in t.data.items() if k not in MAIL_COMMON_KEYS and k not in tables}
+    if flat:
+        _legacy_mail_keys(t, backend, flat, tables, deprecations)
     rate = t.number("rate_limit", None, minimum=0.001, maximum=1_000_000)
+    providers: dict[str, Any] = {}
+    for name in sorted(tables | {backend} | set(legacy_hooks)):
+        selected = name == backend
+        if name in tables:
+            sub = t.table(name)
+        elif selected and flat:  # the old layout: the backend's keys right in [mail]
+            sub = Table(flat, t.path, t.loader)
+        else:
+            sub = Table({}, [*t.path, name], t.loader)
+        moved = legacy_hooks.get(name, {})
+        both = sorted(set(moved) & set(sub.data))
+        if both:
+            raise sub.error(both[0], "is also given in [web] (the old place); keep this one")
+        if moved:
+            sub = Table({**sub.data, **moved}, sub.path, sub.loader)
+        sub.owner = f"the {name!r} backend"
+        providers[name] = settings_class(name).parse(sub, selected=selected)
     return MailSettings(
         backend=backend,
-        outbox_dir=t.dir_value("outbox_dir", "outbox"),
         batch_size=t.number("batch_size", None, minimum=1, maximum=100_000, integer=True),
         concurrency=t.number("concurrency", 4, minimum=1, maximum=256, integer=True),
         rate_limit=float(rate) if rate is not None else None,
-        max_retries=t.number("max_retries", 5, minimum=0, maximum=100, integer=True),
-        timeout=float(t.number("timeout", 30.0, minimum=0.1, maximum=_HOUR_S)),
-        base_url=base_url.rstrip("/") if base_url else None,
-        token_env=t.text("token_env", None),
-        message_stream=t.text("message_stream", "broadcast"),
-        domain=t.text("domain", None),
-        region=region,
-        host=t.text("host", None),
-        port=t.number("port", None, minimum=1, maximum=65535, integer=True),
-        security=security,
-        username=t.text("username", None),
-        password_env=t.text("password_env", None),
-        ca_file=t.path_value("ca_file", None),
+        providers=providers,
     )
 
 
-_WEB_ENV_KEYS = (
-    "postmark_webhook_user_env",
-    "postmark_webhook_password_env",
-    "sendgrid_webhook_key_env",
-    "mailgun_signing_key_env",
-)
+def _legacy_mail_keys(
+    t: Table, backend: str, flat: dict[str, Any], tables: set[str], deprecations: list[str]
+) -> None:
+    """The layout before ``[mail.<backend>]`` tables put the backend's keys in ``[mail]``:
+    still read (one release), with a warning that prints the table to write instead."""
+    from newsletter.mail import BACKENDS, settings_class
+
+    first = next(iter(flat))
+    if backend in tables:
+        raise t.error(first, f"belongs in [mail.{backend}] (or give no [mail.{backend}] table)")
+    own = {f.name for f in fields(settings_class(backend))}
+    for key in flat:
+        if key in own:
+            continue
+        for other in BACKENDS:
+            if other != backend and key in {f.name for f in fields(settings_class(other))}:
+                raise t.error(key, f"is not used by the {backend!r} backend")
+    table = "\n".join(f"{key} = {_toml_value(value)}" for key, value in flat.items())
+    where = _where(t, [*t.path, first])
+    deprecations.append(
+        f"{where}the backend's keys in [mail] ({', '.join(flat)}) are deprecated and will "
+        f"stop working in the next release; write them in its own table:\n"
+        f"[mail.{backend}]\n{table}"
+    )
 
 
-def _web(t: Table) -> WebSettings:
+def _web(t: Table, deprecations: list[str]) -> tuple[WebSettings, dict[str, dict[str, str]]]:
+    """``[web]``, and the webhook variables it named in the release before ``[mail.<backend>]``
+    tables (by provider), which ``_mail`` reads as the provider's keys."""
     t.allow(
         "host",
         "port",
         "trusted_proxies",
         "subscribe_rate_per_minute",
         "confirm_hours",
-        *_WEB_ENV_KEYS,
+        *_LEGACY_WEBHOOK_KEYS,
     )
-    envs: dict[str, str | None] = {}
-    for key in _WEB_ENV_KEYS:
-        name = t.text(key, None)
-        if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise t.error(key, "expected the NAME of an environment variable, not a value")
-        envs[key] = name
-    user, password = envs["postmark_webhook_user_env"], envs["postmark_webhook_password_env"]
-    if (user is None) != (password is None):
-        missing = (
-            "postmark_webhook_password_env" if password is None else "postmark_webhook_user_env"
+    legacy: dict[str, dict[str, str]] = {}
+    for key, (provider, new_key) in _LEGACY_WEBHOOK_KEYS.items():
+        name = t.env_name(key, None)
+        if name is not None:
+            legacy.setdefault(provider, {})[new_key] = name
+            deprecations.append(
+                f"{_where(t, [*t.path, key])}[web] {key} is deprecated and will stop working "
+                f"in the next release; write it in the provider's table:\n"
+                f"[mail.{provider}]\n{new_key} = {_toml_value(name)}"
+            )
+    postmark = legacy.get("postmark", {})
+    if len(postmark) == 1:
+        missing = next(
+            k for k, (p, n) in _LEGACY_WEBHOOK_KEYS.items() if p == "postmark" and n not in postmark
         )
         raise t.error(missing, "the Postmark webhook needs both a user and a password variable")
     proxies = t.get(
@@ -813,7 +827,7 @@ def _web(t: Table) -> WebSettings:
                 f"expected IP addresses or networks such as 10.0.0.0/8, got {proxy!r}",
             ) from e
     port = t.number("port", WebSettings.port, minimum=0, maximum=65535, integer=True)
-    return WebSettings(
+    settings = WebSettings(
         host=t.text("host", WebSettings.host),
         port=port,
         trusted_proxies=tuple(proxies),
@@ -828,11 +842,27 @@ def _web(t: Table) -> WebSettings:
         confirm_hours=float(
             t.number("confirm_hours", WebSettings.confirm_hours, minimum=0.1, maximum=_YEAR_H)
         ),
-        postmark_webhook_user_env=user,
-        postmark_webhook_password_env=password,
-        sendgrid_webhook_key_env=envs["sendgrid_webhook_key_env"],
-        mailgun_signing_key_env=envs["mailgun_signing_key_env"],
     )
+    return settings, legacy
+
+
+def _where(t: Table, path: list[str | int]) -> str:
+    """``file:line: `` of a key, for messages that are not errors."""
+    line = t.loader.locator.line_of(path)
+    if t.loader.file is None:
+        return f"line {line}: " if line else ""
+    return f"{t.loader.file}:{line}: " if line else f"{t.loader.file}: "
+
+
+def _toml_value(value: Any) -> str:
+    """A value as TOML writes it (the deprecation messages print tables to paste)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
 
 
 def _storage_url(t: Table, loader: _Loader) -> str:

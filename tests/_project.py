@@ -10,6 +10,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from newsletter.config import MAIL_COMMON_KEYS
 from tests.emulators import TOKEN, Emulator
 
 
@@ -23,13 +24,17 @@ def set_table(config: Path, table: str, body: str) -> None:
 
 
 def use_emulator(config: Path, emulator: Emulator, **extra: object) -> None:
-    """Send through ``emulator`` (its name from its class) with ``[mail]`` options."""
+    """Send through ``emulator`` (its name from its class): ``[mail]`` names it and takes the
+    common keys of ``extra``, ``[mail.<name>]`` the rest."""
     name = type(emulator).__name__.removesuffix("Emulator").lower()
-    lines = [f'backend = "{name}"', 'token_env = "MAIL_TOKEN"', f'base_url = "{emulator.base_url}"']
+    common = [f'backend = "{name}"']
+    own = ['token_env = "MAIL_TOKEN"', f'base_url = "{emulator.base_url}"']
     if name == "mailgun":
-        lines.append('domain = "mg.news.example.org"')
-    lines += [f"{key} = {_toml(value)}" for key, value in extra.items()]
-    set_table(config, "mail", "\n".join(lines))
+        own.append('domain = "mg.news.example.org"')
+    for key, value in extra.items():
+        (common if key in MAIL_COMMON_KEYS else own).append(f"{key} = {_toml(value)}")
+    set_table(config, "mail", "\n".join(common))
+    set_table(config, f"mail.{name}", "\n".join(own))
 
 
 def use_database(config: Path, url: str) -> None:

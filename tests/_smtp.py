@@ -29,6 +29,8 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from newsletter.config import MAIL_COMMON_KEYS
+
 HOST = "127.0.0.1"
 
 
@@ -135,13 +137,13 @@ class SMTPServer:
         return [rcpt for r in self.received for rcpt in r.rcpt_tos]
 
     def mail_config(self, *, trust_ca: bool = True, **extra: str | int | float) -> str:
-        """A ``[mail]`` table for the smtp backend pointing here, plus ``extra`` keys.
+        """``[mail]`` choosing the smtp backend and ``[mail.smtp]`` pointing here, plus
+        ``extra`` keys (the common ones, such as ``batch_size``, in ``[mail]``).
 
         ``trust_ca=False`` leaves ``ca_file`` out, so the client checks the certificate against
         the system's trust store (which does not know the test CA).
         """
         values: dict[str, str | int | float] = {
-            "backend": "smtp",
             "host": HOST,
             "port": self.port,
             "security": self.security,
@@ -149,8 +151,9 @@ class SMTPServer:
         if self.ca_file is not None and trust_ca:
             values["ca_file"] = str(self.ca_file)
         values.update(extra)
-        lines = [f"{key} = {_toml(value)}" for key, value in values.items()]
-        return "[mail]\n" + "\n".join(lines) + "\n"
+        common = [f"{k} = {_toml(v)}" for k, v in values.items() if k in MAIL_COMMON_KEYS]
+        own = [f"{k} = {_toml(v)}" for k, v in values.items() if k not in MAIL_COMMON_KEYS]
+        return "\n".join(["[mail]", 'backend = "smtp"', *common, "", "[mail.smtp]", *own, ""])
 
     # --- what the tests do -----------------------------------------------------------------------
 

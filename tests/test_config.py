@@ -48,7 +48,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
     assert config.newsletter.site_url == "https://example.com/"
     assert config.mail.backend == "outbox"
-    assert config.mail.outbox_dir == tmp_path / "outbox"
+    assert config.mail.provider("outbox").outbox_dir == tmp_path / "outbox"
     assert config.digest.lookback_hours == 24
     assert config.sources == ()
     assert config.newsletter.list_id == "t.example.com"

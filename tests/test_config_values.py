@@ -12,7 +12,7 @@ from newsletter.exceptions import ConfigError
 
 from .test_config import MINIMAL
 
-SMTP = '\n[mail]\nbackend = "smtp"\nhost = "127.0.0.1"\n'
+SMTP = '\n[mail]\nbackend = "smtp"\n\n[mail.smtp]\nhost = "127.0.0.1"\n'
 
 
 def refused(tmp_path: Path, extra: str, key: str) -> str:
@@ -52,7 +52,7 @@ def refused(tmp_path: Path, extra: str, key: str) -> str:
             "sources[0].timeout",
             "expected a finite number, got nan",
         ),
-        (SMTP + "timeout = inf\n", "mail.timeout", "expected a finite number, got inf"),
+        (SMTP + "timeout = inf\n", "mail.smtp.timeout", "expected a finite number, got inf"),
         ("\n[mail]\nrate_limit = nan\n", "mail.rate_limit", "expected a finite number, got nan"),
         ("\n[web]\nconfirm_hours = nan\n", "web.confirm_hours", "finite number, got nan"),
         # out of range: each would overflow a timedelta, a SQL integer or a socket
@@ -97,15 +97,15 @@ def refused(tmp_path: Path, extra: str, key: str) -> str:
             "must be at most 1073741824",
         ),
         ("\n[mail]\nconcurrency = 100000\n", "mail.concurrency", "must be at most 256"),
-        (SMTP + "max_retries = 1000000\n", "mail.max_retries", "must be at most 100"),
+        (SMTP + "max_retries = 1000000\n", "mail.smtp.max_retries", "must be at most 100"),
         (
             "\n[web]\nsubscribe_rate_per_minute = 1e300\n",
             "web.subscribe_rate_per_minute",
             "at most",
         ),
         # ports
-        (SMTP + "port = 99999\n", "mail.port", "must be at most 65535, got 99999"),
-        (SMTP + "port = 0\n", "mail.port", "must be at least 1, got 0"),
+        (SMTP + "port = 99999\n", "mail.smtp.port", "must be at most 65535, got 99999"),
+        (SMTP + "port = 0\n", "mail.smtp.port", "must be at least 1, got 0"),
         ("\n[web]\nport = 70000\n", "web.port", "must be at most 65535, got 70000"),
         ("\n[web]\nport = -1\n", "web.port", "must be at least 0, got -1"),
     ],
@@ -123,7 +123,7 @@ def test_every_range_is_met_at_its_bounds(tmp_path: Path) -> None:
         "\n[web]\nport = 0\n"
     )
     loaded = load_config(config)
-    assert loaded.mail.port == 65535 and loaded.web.port == 0
+    assert loaded.mail.provider("smtp").port == 65535 and loaded.web.port == 0
     assert loaded.digest.lookback_hours == 1_000_000 and loaded.digest.max_items == 1000
     assert loaded.schedule.gather_interval_minutes == 10080
 
@@ -164,7 +164,9 @@ def test_output_dir_naming_a_file(tmp_path: Path) -> None:
 
 def test_outbox_dir_naming_a_file(tmp_path: Path) -> None:
     (tmp_path / "mailbox").write_text("")
-    reason = refused(tmp_path, '\n[mail]\noutbox_dir = "mailbox"\n', "mail.outbox_dir")
+    reason = refused(
+        tmp_path, '\n[mail.outbox]\noutbox_dir = "mailbox"\n', "mail.outbox.outbox_dir"
+    )
     assert reason == f"expected a directory, but {tmp_path / 'mailbox'} is a file"
 
 

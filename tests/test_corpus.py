@@ -165,7 +165,7 @@ def publisher(
         )
     extra = "".join(tables) + (
         '[storage]\npath = "corpus.db"\n[feeds]\noutput_dir = "feeds"\n'
-        '[mail]\nbackend = "outbox"\noutbox_dir = "outbox"\n'
+        '[mail]\nbackend = "outbox"\n[mail.outbox]\noutbox_dir = "outbox"\n'
         "[digest]\nlookback_hours = 1000000\n"
     )
     pub = make_publisher(make_config(tmp_path, extra))
@@ -238,7 +238,7 @@ def test_one_gather_of_the_whole_corpus(
     pub.add_subscriber("reader@example.com")
     report = pub.send_digest(force=True)
     assert (report.sent, report.failed) == (1, 0), report
-    (eml,) = (pub.config.mail.outbox_dir).rglob("*.eml")
+    (eml,) = (pub.config.mail.provider("outbox").outbox_dir).rglob("*.eml")
     message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
     assert message["To"] == "reader@example.com"
     assert not re.search("[\x00-\x1f\x7f-\x9f]", str(message["Subject"]))

@@ -45,7 +45,7 @@ def test_kill_during_delivery_then_rerun_sends_each_remaining_once(
         ((f"reader{i:05d}@example.com", f"Reader {i}") for i in range(N)), fixed_clock[0]
     )
     publisher.gather()
-    outbox = config.mail.outbox_dir
+    outbox = config.mail.provider("outbox").outbox_dir
 
     child = _send(example_project)
     deadline = time.monotonic() + 60

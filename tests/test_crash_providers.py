@@ -72,8 +72,8 @@ def test_kill_then_rerun_never_sends_twice(
     name = type(emulator).__name__.removesuffix("Emulator").lower()
     text = example_project.read_text().replace(
         'backend = "outbox"',
-        f'backend = "{name}"\ntoken_env = "MAIL_TOKEN"\nbase_url = "{emulator.base_url}"\n'
-        f"batch_size = {BATCH}\nconcurrency = 3",
+        f'backend = "{name}"\nbatch_size = {BATCH}\nconcurrency = 3\n\n'
+        f'[mail.{name}]\ntoken_env = "MAIL_TOKEN"\nbase_url = "{emulator.base_url}"\n',
     )
     text = text.replace("[schedule]\n", "[schedule]\nlease_seconds = 2\n")
     text = re.sub(r"(?m)^outbox_dir = .*\n", "", text)

@@ -553,7 +553,7 @@ def sent(example_project: Path, fixed_clock: list[datetime]) -> Iterator[Publish
 
 def read_outbox(publisher: Publisher) -> list[tuple[bytes, EmailMessage]]:
     out = []
-    for path in sorted(publisher.config.mail.outbox_dir.rglob("*.eml")):
+    for path in sorted(publisher.config.mail.provider("outbox").outbox_dir.rglob("*.eml")):
         raw = path.read_bytes()
         msg = email.message_from_bytes(raw, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)

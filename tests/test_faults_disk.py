@@ -88,7 +88,8 @@ def test_a_full_outbox_disk_stops_the_send_and_a_rerun_delivers_the_rest_once(
     config = example_project
     with small_filesystem(tmp_path / "disk", "1m") as disk:
         outbox = disk / "outbox"
-        set_table(config, "mail", f'backend = "outbox"\noutbox_dir = "{outbox}"\nbatch_size = 25')
+        set_table(config, "mail", 'backend = "outbox"\nbatch_size = 25')
+        set_table(config, "mail.outbox", f'outbox_dir = "{outbox}"')
         with make_publisher(load_config(config)) as publisher:
             publisher.gather()
             added, _ = publisher.storage.add_subscribers(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import string
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from newsletter.config import Config, load_config
 from newsletter.core import Publisher, make_publisher
 from newsletter.exceptions import ConfigError
+from newsletter.mail import BACKENDS, settings_class
 from newsletter.types import ImportReport, SubscriberStatus
 
 # --- a TOML writer small enough to trust (tomllib reads; nothing in the stdlib writes) ------------
@@ -76,6 +77,8 @@ def _toml_document(tables: dict[str, Any]) -> str:
                 lines.append("[[sources]]")
                 lines += [f"{k} = {_toml_value(v)}" for k, v in source.items()]
         elif isinstance(body, dict):  # (a list elsewhere than sources is not drawn)
+            if "." in name and not body:
+                continue  # an empty [mail.<backend>] would refuse [mail]'s flat keys
             lines.append(f"[{name}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in body.items()]
     # Top-level keys come before the first table header, or they would belong to it.
@@ -114,26 +117,16 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "preheader",
         "greeting_fallback",
     ),
+    # The common keys, and (the deprecated flat layout) every backend's own keys in [mail].
     "mail": (
         "backend",
         "batch_size",
         "concurrency",
         "rate_limit",
-        "outbox_dir",
-        "token_env",
-        "base_url",
-        "max_retries",
-        "timeout",
-        "message_stream",
-        "domain",
-        "region",
-        "host",
-        "port",
-        "security",
-        "username",
-        "password_env",
-        "ca_file",
+        *sorted({f.name for n in BACKENDS for f in dataclasses.fields(settings_class(n))}),
     ),
+    # Each backend's table, its keys read from the backend's own Settings.
+    **{f"mail.{n}": tuple(f.name for f in dataclasses.fields(settings_class(n))) for n in BACKENDS},
     "storage": ("url", "path"),
     "http": ("user_agent", "timeout"),
     "web": (
@@ -250,6 +243,7 @@ BASELINE: dict[str, Any] = {
     "storage": {"path": "n.db"},
     "http": {"timeout": 20},
     "web": {"port": 8080},
+    **{f"mail.{n}": {} for n in BACKENDS},
 }
 
 
@@ -309,6 +303,9 @@ def _numbers(value: object) -> Iterator[int | float]:
     elif isinstance(value, tuple):
         for item in value:
             yield from _numbers(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _numbers(item)
 
 
 def assert_usable(config: Config) -> None:
@@ -318,7 +315,9 @@ def assert_usable(config: Config) -> None:
         assert math.isfinite(number) and abs(number) < 2**31, number
     timedelta(hours=config.digest.lookback_hours)
     timedelta(minutes=config.schedule.gather_interval_minutes)
-    assert config.mail.port is None or 1 <= config.mail.port <= 65535
+    smtp = config.mail.provider("smtp")
+    assert smtp is None or smtp.port is None or 1 <= smtp.port <= 65535
+    assert config.mail.provider(config.mail.backend) is not None
     assert 0 <= config.web.port <= 65535
     nl = config.newsletter
     for header in (nl.title, nl.sender, nl.reply_to or ""):

@@ -113,7 +113,7 @@ def write_project(
         "lookback_hours = 100000",
         "",
     ]
-    lines += [mail or '[mail]\nbackend = "outbox"\noutbox_dir = "outbox"', ""]
+    lines += [mail or '[mail]\nbackend = "outbox"\n[mail.outbox]\noutbox_dir = "outbox"', ""]
     lines += ["[storage]", f'url = "{storage_url}"' if storage_url else 'path = "news.db"', ""]
     config = tmp_path / "newsletter.toml"
     config.write_text("\n".join(lines))
@@ -140,7 +140,7 @@ def open_publisher(config: Path, *subscribers: str) -> Publisher:
 
 
 def outbox_messages(publisher: Publisher, digest_id: int) -> list[EmailMessage]:
-    folder = publisher.config.mail.outbox_dir / str(digest_id)
+    folder = publisher.config.mail.provider("outbox").outbox_dir / str(digest_id)
     out = []
     for path in sorted(folder.glob("*.eml")):
         msg = BytesParser(policy=email.policy.default).parsebytes(path.read_bytes())
@@ -402,7 +402,9 @@ def test_control_characters_in_a_title_never_reach_a_header(
         publisher.gather()
         report = publisher.send_digest()
         assert report.sent == 1 and report.digest_id is not None
-        (path,) = (publisher.config.mail.outbox_dir / str(report.digest_id)).glob("*.eml")
+        (path,) = (
+            publisher.config.mail.provider("outbox").outbox_dir / str(report.digest_id)
+        ).glob("*.eml")
         raw = path.read_bytes()
         msg = BytesParser(policy=email.policy.default).parsebytes(raw)
         assert isinstance(msg, EmailMessage)

@@ -135,7 +135,7 @@ def outbox_harness(tmp_path: Path) -> Iterator[Harness]:
         "outbox",
         OutboxBackend,
         lambda **options: OutboxBackend(folder, **options),
-        f'[mail]\nbackend = "outbox"\noutbox_dir = "{folder}"\n',
+        f'[mail]\nbackend = "outbox"\n\n[mail.outbox]\noutbox_dir = "{folder}"\n',
         received,
     )
 
@@ -169,8 +169,8 @@ def _provider_harness(
                 backend_class.name,
                 backend_class,
                 make,
-                f'[mail]\nbackend = "{backend_class.name}"\ntoken_env = "{TOKEN_ENV}"\n'
-                f'base_url = "{emulator.base_url}"\n{table}',
+                f'[mail]\nbackend = "{backend_class.name}"\n\n[mail.{backend_class.name}]\n'
+                f'token_env = "{TOKEN_ENV}"\nbase_url = "{emulator.base_url}"\n{table}',
                 lambda: list(emulator.deliveries),
                 emulator,
             )
@@ -257,7 +257,8 @@ def test_the_batch_size_is_capped_at_the_provider_limit(harness: Harness, tmp_pa
     with pytest.raises(ValueError, match=str(limit)):
         harness.make(batch_size=limit + 1)
     with pytest.raises(ConfigError) as info:
-        make_backend(make_config(tmp_path, harness.mail_config + f"batch_size = {limit + 1}\n"))
+        table = harness.mail_config.replace("[mail]\n", f"[mail]\nbatch_size = {limit + 1}\n")
+        make_backend(make_config(tmp_path, table))
     assert info.value.key == "mail.batch_size"
 
 

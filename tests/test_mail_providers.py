@@ -229,7 +229,8 @@ def test_mailgun_region_and_domain_from_config(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MG_KEY", "key-123")
-    table = f'[mail]\nbackend = "mailgun"\ntoken_env = "MG_KEY"\ndomain = "{DOMAIN}"\n'
+    table = '[mail]\nbackend = "mailgun"\n'
+    table += f'[mail.mailgun]\ntoken_env = "MG_KEY"\ndomain = "{DOMAIN}"\n'
     eu = make_backend(make_config(tmp_path, table + 'region = "eu"\n'))
     us = make_backend(make_config(tmp_path, table))
     assert isinstance(eu, MailgunBackend) and isinstance(us, MailgunBackend)

@@ -255,7 +255,8 @@ def test_a_rendered_digest_goes_out_whole(tmp_path: Path) -> None:
 
 
 def test_make_backend(tmp_path: Path) -> None:
-    config: Config = make_config(tmp_path, '[mail]\noutbox_dir = "out"\nbatch_size = 5\n')
+    table = '[mail]\nbatch_size = 5\n[mail.outbox]\noutbox_dir = "out"\n'
+    config: Config = make_config(tmp_path, table)
     backend = make_backend(config)
     assert isinstance(backend, OutboxBackend)
     assert backend.directory == tmp_path / "out" and backend.batch_size == 5

@@ -29,7 +29,7 @@ def publisher(example_project: Path, fixed_clock: list[datetime]) -> Iterator[Pu
 
 
 def outbox_messages(publisher: Publisher, digest_id: int) -> dict[str, EmailMessage]:
-    folder = publisher.config.mail.outbox_dir / str(digest_id)
+    folder = publisher.config.mail.provider("outbox").outbox_dir / str(digest_id)
     out: dict[str, EmailMessage] = {}
     for path in sorted(folder.glob("*.eml")):
         msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
@@ -102,7 +102,7 @@ def test_digest_goes_to_every_active_subscriber_once(publisher: Publisher) -> No
     second = publisher.send_digest()
     assert second.digest_id is None and second.sent == 0
     assert "no new articles" in (second.reason or "")
-    assert len(list(publisher.config.mail.outbox_dir.rglob("*.eml"))) == 4
+    assert len(list(publisher.config.mail.provider("outbox").outbox_dir.rglob("*.eml"))) == 4
 
 
 def test_next_digest_holds_only_articles_gathered_since(

@@ -251,6 +251,8 @@ def test_plain_text_auth_to_another_host_is_refused(
     mail = """
 [mail]
 backend = "smtp"
+
+[mail.smtp]
 host = "mail.example.com"
 security = "none"
 username = "editor"
@@ -258,7 +260,7 @@ password_env = "SMTP_PASSWORD"
 """
     with pytest.raises(ConfigError) as raised:
         SMTPBackend.from_config(make_config(tmp_path, mail))
-    assert raised.value.key == "mail.security"
+    assert raised.value.key == "mail.smtp.security"
     assert "plain text" in str(raised.value)
 
 
@@ -287,11 +289,13 @@ def test_an_unreachable_server_is_retryable_and_releases_the_batch(tmp_path: Pat
     mail = f"""
 [mail]
 backend = "smtp"
+concurrency = 1
+
+[mail.smtp]
 host = "127.0.0.1"
 port = {closed_port()}
 security = "none"
 max_retries = 1
-concurrency = 1
 """
     backend = SMTPBackend.from_config(make_config(tmp_path, mail))
     ledger = ListLedger(recipients(3))
@@ -380,29 +384,50 @@ def test_a_batch_with_nothing_confirmed_but_one_maybe_delivered_stays_uncertain(
 
 @pytest.mark.parametrize(("security", "port"), [("starttls", 587), ("tls", 465), ("none", 25)])
 def test_default_ports(tmp_path: Path, security: str, port: int) -> None:
-    mail = f'[mail]\nbackend = "smtp"\nhost = "mail.example.com"\nsecurity = "{security}"\n'
+    mail = '[mail]\nbackend = "smtp"\n[mail.smtp]\nhost = "mail.example.com"\n'
+    mail += f'security = "{security}"\n'
     backend = make_backend(make_config(tmp_path, mail))
     assert isinstance(backend, SMTPBackend)
     assert (backend.port, backend.max_batch_size, backend.idempotent) == (port, 100, False)
     assert backend.describe() == f"smtp (mail.example.com:{port}, {security})"
 
 
+@pytest.mark.parametrize("layout", ["table", "flat"])
 @pytest.mark.parametrize(
-    ("keys", "key", "message"),
+    ("keys", "key", "message", "at_load"),
     [
-        ('username = "editor"\npassword_env = "NL_TEST_UNSET"', "mail.password_env", "not set"),
-        ('password_env = "NL_TEST_UNSET"', "mail.username", "required"),
-        ('security = "none"\nca_file = "ca.pem"', "mail.ca_file", "only used"),
-        ('ca_file = "missing.pem"', "mail.ca_file", "cannot load"),
-        ("batch_size = 101", "mail.batch_size", "at most 100"),
+        ('username = "editor"\npassword_env = "NL_TEST_UNSET"', "password_env", "not set", False),
+        ('password_env = "NL_TEST_UNSET"', "username", "required", True),
+        ('security = "none"\nca_file = "ca.pem"', "ca_file", "only used", True),
+        ('ca_file = "missing.pem"', "ca_file", "cannot load", False),
     ],
 )
 def test_config_errors_name_the_key(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: str, key: str, message: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    layout: str,
+    keys: str,
+    key: str,
+    message: str,
+    at_load: bool,
 ) -> None:
+    """In ``[mail.smtp]`` and in the deprecated flat ``[mail]``: a key found wrong while the
+    file is read is named as written; one found wrong when connecting by its new place."""
     monkeypatch.delenv("NL_TEST_UNSET", raising=False)
-    mail = f'[mail]\nbackend = "smtp"\nhost = "mail.example.com"\n{keys}\n'
+    if layout == "table":
+        mail = f'[mail]\nbackend = "smtp"\n\n[mail.smtp]\nhost = "mail.example.com"\n{keys}\n'
+    else:
+        mail = f'[mail]\nbackend = "smtp"\nhost = "mail.example.com"\n{keys}\n'
     with pytest.raises(ConfigError) as raised:
         SMTPBackend.from_config(make_config(tmp_path, mail))
-    assert raised.value.key == key
+    flat_at_load = layout == "flat" and at_load
+    assert raised.value.key == (f"mail.{key}" if flat_at_load else f"mail.smtp.{key}")
     assert message in str(raised.value)
+
+
+def test_the_batch_size_over_the_smtp_limit_names_the_common_key(tmp_path: Path) -> None:
+    mail = '[mail]\nbackend = "smtp"\nbatch_size = 101\n\n[mail.smtp]\nhost = "mail.example.com"\n'
+    with pytest.raises(ConfigError) as raised:
+        SMTPBackend.from_config(make_config(tmp_path, mail))
+    assert raised.value.key == "mail.batch_size"
+    assert "at most 100" in str(raised.value)

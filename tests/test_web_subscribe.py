@@ -705,8 +705,8 @@ def test_web_config_defaults_and_values() -> None:
     web = parse_config(BASE).web
     assert (web.host, web.port, web.trusted_proxies) == ("127.0.0.1", 8080, ("127.0.0.1", "::1"))
     assert (web.subscribe_rate_per_minute, web.confirm_hours) == (5.0, 72.0)
-    assert web.mailgun_signing_key_env is None
-    web = parse_config(
+    assert parse_config(BASE).mail.provider("mailgun") is None
+    config = parse_config(
         BASE
         + """
 [web]
@@ -720,9 +720,15 @@ postmark_webhook_password_env = "PM_PASSWORD"
 sendgrid_webhook_key_env = "SG_KEY"
 mailgun_signing_key_env = "MG_KEY"
 """
-    ).web
+    )
+    web = config.web
     assert web.trusted_proxies == ("10.0.0.0/8", "2001:db8::/32", "192.0.2.1")
-    assert (web.port, web.confirm_hours, web.sendgrid_webhook_key_env) == (9000, 24.0, "SG_KEY")
+    assert (web.port, web.confirm_hours) == (9000, 24.0)
+    # The webhook keys of the release before [mail.<backend>] tables: read as the providers'.
+    assert config.mail.provider("sendgrid").webhook_key_env == "SG_KEY"
+    assert config.mail.provider("mailgun").webhook_signing_key_env == "MG_KEY"
+    assert config.mail.provider("postmark").webhook_password_env == "PM_PASSWORD"
+    assert len(config.deprecations) == 4
 
 
 @pytest.mark.parametrize(

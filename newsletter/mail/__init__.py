@@ -1,8 +1,13 @@
-"""Mail backends. ``make_backend(config)`` picks one by ``[mail] backend``.
+"""Mail backends, found through one registry: ``BACKENDS`` names each one's class.
+
+A backend is a module beside this one holding a ``MailBackend`` subclass with its own
+``Settings`` (a frozen dataclass that parses and validates the ``[mail.<name>]`` table) and,
+when the provider reports bounces and complaints, the import path of its ``webhook``. Adding
+one is that module and one line in ``BACKENDS``; ``config``, ``serve`` and the CLI find it
+here. Modules are imported only when their backend is chosen or configured.
 
 Backends never query the database: the send loop (``base.MailBackend.send``) is handed batches
-of recipients by a ``Ledger`` and reports to it, and the core wires that to ``Storage``. Each
-backend lives in its own module, imported only when chosen.
+of recipients by a ``Ledger`` and reports to it, and the core wires that to ``Storage``.
 """
 
 from __future__ import annotations
@@ -11,14 +16,14 @@ import importlib
 from typing import TYPE_CHECKING
 
 from newsletter.exceptions import ConfigError
-from newsletter.mail.base import MailBackend
+from newsletter.mail.base import BackendSettings, MailBackend
 
 if TYPE_CHECKING:
     from newsletter.config import Config
 
-__all__ = ["BACKENDS", "MailBackend", "make_backend"]
+__all__ = ["BACKENDS", "MailBackend", "backend_class", "make_backend", "settings_class"]
 
-# name -> "module:class"; a new backend adds a line here and a module beside this one.
+# name -> "module:class"; the one line a new backend adds.
 BACKENDS: dict[str, str] = {
     "outbox": "newsletter.mail.outbox:OutboxBackend",
     "postmark": "newsletter.mail.postmark:PostmarkBackend",
@@ -27,6 +32,18 @@ BACKENDS: dict[str, str] = {
     "resend": "newsletter.mail.resend:ResendBackend",
     "smtp": "newsletter.mail.smtp:SMTPBackend",
 }
+
+
+def backend_class(name: str) -> type[MailBackend]:
+    """The class registered as ``name`` (``KeyError`` when there is none)."""
+    module_name, _, class_name = BACKENDS[name].partition(":")
+    found: type[MailBackend] = getattr(importlib.import_module(module_name), class_name)
+    return found
+
+
+def settings_class(name: str) -> type[BackendSettings]:
+    """The class that parses ``[mail.<name>]``."""
+    return backend_class(name).Settings
 
 
 def make_backend(config: Config) -> MailBackend:
@@ -38,6 +55,4 @@ def make_backend(config: Config) -> MailBackend:
             file=config.file,
             key="mail.backend",
         )
-    module_name, _, class_name = BACKENDS[name].partition(":")
-    backend_class: type[MailBackend] = getattr(importlib.import_module(module_name), class_name)
-    return backend_class.from_config(config)
+    return backend_class(name).from_config(config)

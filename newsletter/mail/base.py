@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
@@ -45,7 +45,7 @@ from newsletter.personalize import Template
 from newsletter.types import DeliveryResult, DeliveryStatus, MessageContent, Recipient
 
 if TYPE_CHECKING:
-    from newsletter.config import Config
+    from newsletter.config import Config, Table
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +154,25 @@ def failed_result(recipient: Recipient, error: str) -> DeliveryResult:
     )
 
 
+@dataclass(frozen=True)
+class BackendSettings:
+    """A backend's own keys, from its table ``[mail.<name>]``. Subclasses are frozen
+    dataclasses whose field names are the keys, with ``parse`` validating them."""
+
+    @classmethod
+    def parse(cls, t: Table, *, selected: bool) -> Self:
+        """Read and check the table. ``selected``: ``[mail] backend`` names this backend, so
+        what it needs to send is required (other backends' tables are read for their webhook
+        keys). Errors go through ``t.error``, which names file, line and key."""
+        t.allow(*(f.name for f in fields(cls)))
+        return cls()
+
+
 class MailBackend(abc.ABC):
     """One way of delivering mail. Subclasses set the class attributes and ``send_batch``."""
 
     name: ClassVar[str] = "base"
+    Settings: ClassVar[type[BackendSettings]] = BackendSettings  # parses [mail.<name>]
     max_batch_size: ClassVar[int] = 1000  # the provider's documented limit per call
     idempotent: ClassVar[bool] = False  # re-sending an in-flight batch is de-duplicated
     # How long the provider remembers an idempotency key; None: forever (the outbox).
@@ -203,18 +218,26 @@ class MailBackend(abc.ABC):
                 key="mail.batch_size",
             )
 
-    @staticmethod
-    def secret(config: Config, key: str) -> str:
-        """The secret held by the environment variable that ``[mail] <key>`` names."""
-        env = getattr(config.mail, key)
+    @classmethod
+    def settings(cls, config: Config) -> Any:
+        """This backend's parsed ``[mail.<name>]`` (an instance of its ``Settings``)."""
+        found = config.mail.provider(cls.name)
+        if found is None:  # parse_config always parses the chosen backend's table
+            raise ConfigError(f"[mail.{cls.name}] was not read", file=config.file, key="mail")
+        return found
+
+    @classmethod
+    def secret(cls, config: Config, key: str) -> str:
+        """The secret held by the environment variable that ``[mail.<name>] <key>`` names."""
+        env = getattr(cls.settings(config), key)
         if not env:
-            raise ConfigError("is required", file=config.file, key=f"mail.{key}")
+            raise ConfigError("is required", file=config.file, key=f"mail.{cls.name}.{key}")
         value = config.secret(env)
         if value is None:
             raise ConfigError(
                 f"the environment variable ${env} is not set (it should hold the secret)",
                 file=config.file,
-                key=f"mail.{key}",
+                key=f"mail.{cls.name}.{key}",
             )
         return value
 

@@ -29,7 +29,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from email.headerregistry import Address
 from html import escape
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
@@ -42,13 +42,20 @@ from urllib3.util.retry import Retry
 from newsletter import clock
 from newsletter._version import USER_AGENT
 from newsletter.exceptions import MailError
-from newsletter.mail.base import Batch, MailBackend, PreparedContent, failed_result, sent_result
+from newsletter.mail.base import (
+    BackendSettings,
+    Batch,
+    MailBackend,
+    PreparedContent,
+    failed_result,
+    sent_result,
+)
 from newsletter.mail.message import check_recipient
 from newsletter.text import clean_line
 from newsletter.types import DeliveryResult, Recipient
 
 if TYPE_CHECKING:
-    from newsletter.config import Config
+    from newsletter.config import Config, Table
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +244,35 @@ def error_text(response: requests.Response, limit: int = 500) -> str:
     return json.dumps(body)[:limit]
 
 
+@dataclass(frozen=True)
+class HttpProviderSettings(BackendSettings):
+    """The keys of every HTTP provider's table; a provider's ``Settings`` adds its own."""
+
+    token_env: str | None = None  # NAME of the variable holding the API token or key
+    base_url: str | None = None  # None: the provider's public endpoint
+    max_retries: int = 5  # for 429, 5xx and connection errors
+    timeout: float = 30.0  # seconds per request
+    # Whether sending needs ``token_env`` (a provider signing with other credentials: False).
+    token_required: ClassVar[bool] = True
+
+    @classmethod
+    def parse_common(cls, t: Table, selected: bool) -> dict[str, Any]:
+        """The shared keys, checked; refuses keys no field of ``cls`` names."""
+        t.allow(*(f.name for f in fields(cls)))
+        if selected and cls.token_required:
+            t.require("token_env")
+        return {
+            "token_env": t.env_name("token_env"),
+            "base_url": t.url("base_url"),
+            "max_retries": t.number("max_retries", 5, minimum=0, maximum=100, integer=True),
+            "timeout": float(t.number("timeout", 30.0, minimum=0.1, maximum=3600)),
+        }
+
+    @classmethod
+    def parse(cls, t: Table, *, selected: bool) -> Self:
+        return cls(**cls.parse_common(t, selected))
+
+
 class HttpBackend(MailBackend):
     """A backend that sends through a provider's HTTP API: ``open`` creates one ``HttpClient``
     (its pool sized to ``concurrency``), ``close`` closes it.
@@ -248,6 +284,7 @@ class HttpBackend(MailBackend):
     parses the answer (``parse``; ``refusal`` and ``rejected`` for its error body).
     """
 
+    Settings = HttpProviderSettings
     default_base_url: ClassVar[str]
     endpoint: str  # the path under the base URL
     label: ClassVar[str]  # the provider's name in messages ("over Postmark's limit")
@@ -289,16 +326,17 @@ class HttpBackend(MailBackend):
 
     @classmethod
     def provider_options(cls, config: Config) -> dict[str, Any]:
-        """The ``[mail]`` keys only this provider takes (Postmark's stream, Mailgun's domain)."""
+        """The keys only this provider takes (Postmark's stream, Mailgun's domain)."""
         return {}
 
-    @staticmethod
-    def http_options(config: Config) -> dict[str, Any]:
-        """The ``[mail]`` options every HTTP backend takes, besides ``common_options``."""
+    @classmethod
+    def http_options(cls, config: Config) -> dict[str, Any]:
+        """The options every HTTP backend takes, besides ``common_options``."""
+        settings: HttpProviderSettings = cls.settings(config)
         return {
-            "base_url": config.mail.base_url,
-            "timeout": config.mail.timeout,
-            "max_retries": config.mail.max_retries,
+            "base_url": settings.base_url,
+            "timeout": settings.timeout,
+            "max_retries": settings.max_retries,
         }
 
     def describe(self) -> str:

@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
 
 from newsletter.mail.base import Batch, PreparedContent
 from newsletter.mail.http import (
     Entry,
     HttpBackend,
+    HttpProviderSettings,
     display_address,
     read_json,
     sent_to_all,
@@ -50,7 +52,7 @@ from newsletter.types import DeliveryResult, Recipient
 if TYPE_CHECKING:
     import requests
 
-    from newsletter.config import Config
+    from newsletter.config import Config, Table
 
 REGION_URLS = {"us": "https://api.mailgun.net", "eu": "https://api.eu.mailgun.net"}
 # ``%recipient.<key>%`` is replaced by the recipient's ``<key>`` (see the module docstring).
@@ -62,7 +64,35 @@ def _variable(key: str) -> str:
     return f"%recipient.{key}%"
 
 
+@dataclass(frozen=True)
+class MailgunSettings(HttpProviderSettings):
+    """``[mail.mailgun]``."""
+
+    domain: str | None = None  # the sending domain
+    region: str = "us"  # "us" or "eu": which of Mailgun's API hosts holds the domain
+    webhook_signing_key_env: str | None = None  # NAME of the variable with the signing key
+
+    @classmethod
+    def parse(cls, t: Table, *, selected: bool) -> Self:
+        common = cls.parse_common(t, selected)
+        if selected:
+            t.require("domain")
+        domain = t.text("domain", None)
+        if domain is not None and "/" in domain:
+            raise t.error("domain", f"expected a domain name, got {domain!r}")
+        region = t.text("region", "us")
+        if region not in REGION_URLS:
+            raise t.error("region", f'expected "us" or "eu", got {region!r}')
+        return cls(
+            **common,
+            domain=domain,
+            region=region,
+            webhook_signing_key_env=t.env_name("webhook_signing_key_env"),
+        )
+
+
 class MailgunBackend(HttpBackend):
+    Settings = MailgunSettings
     name = "mailgun"
     label = "Mailgun"
     max_batch_size = 1000
@@ -90,7 +120,8 @@ class MailgunBackend(HttpBackend):
 
     @classmethod
     def provider_options(cls, config: Config) -> dict[str, Any]:
-        return {"domain": config.mail.domain or "", "region": config.mail.region}
+        settings: MailgunSettings = cls.settings(config)
+        return {"domain": settings.domain or "", "region": settings.region}
 
     def describe(self) -> str:
         return f"{self.name} ({self.base_url}, domain {self.domain})"

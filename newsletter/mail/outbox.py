@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -24,12 +25,19 @@ from typing import TYPE_CHECKING, Any, Self
 from newsletter import clock
 from newsletter.exceptions import MailError, os_reason
 from newsletter.files import atomic_write, remove_leftover_temp_files
-from newsletter.mail.base import Batch, MailBackend, PreparedContent, failed_result, sent_result
+from newsletter.mail.base import (
+    BackendSettings,
+    Batch,
+    MailBackend,
+    PreparedContent,
+    failed_result,
+    sent_result,
+)
 from newsletter.mail.message import build_message
 from newsletter.types import DeliveryResult, Recipient
 
 if TYPE_CHECKING:
-    from newsletter.config import Config
+    from newsletter.config import Config, Table
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +45,21 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
 _MAX_NAME = 100  # of the address part; well under any file system's limit
 
 
+@dataclass(frozen=True)
+class OutboxSettings(BackendSettings):
+    """``[mail.outbox]``."""
+
+    outbox_dir: Path = Path("outbox")  # relative to the config file's folder
+
+    @classmethod
+    def parse(cls, t: Table, *, selected: bool) -> Self:
+        t.allow("outbox_dir")
+        return cls(outbox_dir=t.dir_value("outbox_dir", "outbox"))
+
+
 class OutboxBackend(MailBackend):
     name = "outbox"
+    Settings = OutboxSettings
     max_batch_size = 1000
     idempotent = True  # a rewrite of the same file is harmless
 
@@ -58,7 +79,8 @@ class OutboxBackend(MailBackend):
     @classmethod
     def from_config(cls, config: Config) -> Self:
         cls.check_batch_size(config)
-        return cls(config.mail.outbox_dir, **cls.common_options(config))
+        settings: OutboxSettings = cls.settings(config)
+        return cls(settings.outbox_dir, **cls.common_options(config))
 
     def path_for(self, digest_id: int, recipient: Recipient) -> Path:
         """Where the message of ``digest_id`` for ``recipient`` is written."""

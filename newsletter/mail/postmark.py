@@ -35,18 +35,25 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self
 
 from newsletter.exceptions import MailError
 from newsletter.mail.base import Batch, PreparedContent, failed_result, sent_result
-from newsletter.mail.http import Entry, HttpBackend, display_address, read_json
+from newsletter.mail.http import (
+    Entry,
+    HttpBackend,
+    HttpProviderSettings,
+    display_address,
+    read_json,
+)
 from newsletter.mail.message import list_headers, message_id
 from newsletter.types import DeliveryResult, Recipient
 
 if TYPE_CHECKING:
     import requests
 
-    from newsletter.config import Config
+    from newsletter.config import Config, Table
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +63,33 @@ MAX_MESSAGE_BYTES = 10 * 1000 * 1000  # per message (the Email API limit)
 ACCOUNT_ERRORS = frozenset({10, 400, 401, 405, 412, 413})
 
 
+@dataclass(frozen=True)
+class PostmarkSettings(HttpProviderSettings):
+    """``[mail.postmark]``."""
+
+    message_stream: str = "broadcast"  # a broadcast stream: Postmark's rule for newsletters
+    # The webhook's HTTP Basic credentials (see ``postmark_webhook``): NAMES of variables.
+    webhook_user_env: str | None = None
+    webhook_password_env: str | None = None
+
+    @classmethod
+    def parse(cls, t: Table, *, selected: bool) -> Self:
+        common = cls.parse_common(t, selected)
+        user, password = t.env_name("webhook_user_env"), t.env_name("webhook_password_env")
+        if (user is None) != (password is None):
+            missing = "webhook_password_env" if password is None else "webhook_user_env"
+            raise t.error(missing, "the Postmark webhook needs both a user and a password variable")
+        return cls(
+            **common,
+            message_stream=t.text("message_stream", "broadcast"),
+            webhook_user_env=user,
+            webhook_password_env=password,
+        )
+
+
 class PostmarkBackend(HttpBackend):
     name = "postmark"
+    Settings = PostmarkSettings
     label = "Postmark"
     max_batch_size = 500
     idempotent = False  # Postmark has no idempotency key: a lost answer leaves a batch uncertain
@@ -71,7 +103,8 @@ class PostmarkBackend(HttpBackend):
 
     @classmethod
     def provider_options(cls, config: Config) -> dict[str, Any]:
-        return {"message_stream": config.mail.message_stream}
+        settings: PostmarkSettings = cls.settings(config)
+        return {"message_stream": settings.message_stream}
 
     def client_options(self) -> dict[str, Any]:
         return {"headers": {"X-Postmark-Server-Token": self.token}}

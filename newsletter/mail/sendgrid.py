@@ -41,17 +41,27 @@ import json
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from email.utils import parseaddr
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from newsletter.exceptions import MailError
 from newsletter.mail.base import Batch, PreparedContent
-from newsletter.mail.http import Entry, HttpBackend, read_json, sent_to_all, substitutions
+from newsletter.mail.http import (
+    Entry,
+    HttpBackend,
+    HttpProviderSettings,
+    read_json,
+    sent_to_all,
+    substitutions,
+)
 from newsletter.mail.message import list_headers
 from newsletter.types import DeliveryResult, Recipient
 
 if TYPE_CHECKING:
     import requests
+
+    from newsletter.config import Table
 
 
 log = logging.getLogger(__name__)
@@ -63,7 +73,20 @@ TEXT_TAG = "-nlvar.text.{}-".format
 HTML_TAG = "-nlvar.html.{}-".format
 
 
+@dataclass(frozen=True)
+class SendGridSettings(HttpProviderSettings):
+    """``[mail.sendgrid]``."""
+
+    # NAME of the variable holding the Signed Event Webhook's verification key.
+    webhook_key_env: str | None = None
+
+    @classmethod
+    def parse(cls, t: Table, *, selected: bool) -> Self:
+        return cls(**cls.parse_common(t, selected), webhook_key_env=t.env_name("webhook_key_env"))
+
+
 class SendGridBackend(HttpBackend):
+    Settings = SendGridSettings
     name = "sendgrid"
     label = "SendGrid"
     max_batch_size = 1000

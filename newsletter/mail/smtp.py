@@ -52,18 +52,26 @@ import smtplib
 import ssl
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from newsletter import clock
 from newsletter.exceptions import ConfigError, MailError
-from newsletter.mail.base import Batch, MailBackend, PreparedContent, failed_result, sent_result
+from newsletter.mail.base import (
+    BackendSettings,
+    Batch,
+    MailBackend,
+    PreparedContent,
+    failed_result,
+    sent_result,
+)
 from newsletter.mail.message import build_message
 from newsletter.types import DeliveryResult, DeliveryStatus, Recipient
 
 if TYPE_CHECKING:
-    from newsletter.config import Config
+    from newsletter.config import Config, Table
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +93,61 @@ class _ConnectionLost(Exception):
         self.after_data = after_data
 
 
+@dataclass(frozen=True)
+class SMTPSettings(BackendSettings):
+    """``[mail.smtp]``."""
+
+    host: str | None = None
+    port: int | None = None  # None: 587 for starttls, 465 for tls, 25 for none
+    security: str = "starttls"  # one of DEFAULT_PORTS
+    username: str | None = None  # SMTP AUTH
+    password_env: str | None = None  # SMTP AUTH: NAME of the variable holding the password
+    ca_file: Path | None = None  # trust this CA bundle (a private or test CA)
+    timeout: float = 30.0  # seconds per connection and command
+    max_retries: int = 5  # for 4xx answers and dropped connections
+
+    @classmethod
+    def parse(cls, t: Table, *, selected: bool) -> Self:
+        t.allow(
+            "host",
+            "port",
+            "security",
+            "username",
+            "password_env",
+            "ca_file",
+            "timeout",
+            "max_retries",
+        )
+        if selected:
+            t.require("host")
+        security = t.text("security", "starttls")
+        if security not in DEFAULT_PORTS:
+            raise t.error(
+                "security", f"expected one of {', '.join(DEFAULT_PORTS)}, got {security!r}"
+            )
+        settings = cls(
+            host=t.text("host", None),
+            port=t.number("port", None, minimum=1, maximum=65535, integer=True),
+            security=security,
+            username=t.text("username", None),
+            password_env=t.env_name("password_env"),
+            ca_file=t.path_value("ca_file", None),
+            timeout=float(t.number("timeout", 30.0, minimum=0.1, maximum=3600)),
+            max_retries=t.number("max_retries", 5, minimum=0, maximum=100, integer=True),
+        )
+        if settings.password_env and not settings.username:
+            raise t.error("username", "is required when password_env is set")
+        if settings.host is not None:
+            problem = _plain_auth_problem(settings.host, security, settings.username)
+            if problem is not None:
+                raise t.error("security", problem)
+        if settings.ca_file is not None and security == "none":
+            raise t.error("ca_file", 'is only used when security is "starttls" or "tls"')
+        return settings
+
+
 class SMTPBackend(MailBackend):
+    Settings = SMTPSettings
     name = "smtp"
     # A batch is only bookkeeping here (SMTP sends one message per transaction): the ledger
     # claims and records it in two database transactions, negligible next to 100 SMTP
@@ -145,42 +207,27 @@ class SMTPBackend(MailBackend):
     @classmethod
     def from_config(cls, config: Config) -> Self:
         cls.check_batch_size(config)
-        mail = config.mail
-        if not mail.host:
-            raise ConfigError(
-                "is required by the 'smtp' backend", file=config.file, key="mail.host"
-            )
-        if mail.password_env and not mail.username:
-            raise ConfigError(
-                "is required when password_env is set", file=config.file, key="mail.username"
-            )
-        problem = _plain_auth_problem(mail.host, mail.security, mail.username)
-        if problem is not None:
-            raise ConfigError(problem, file=config.file, key="mail.security")
-        if mail.ca_file is not None and mail.security == "none":
-            raise ConfigError(
-                'is only used when security is "starttls" or "tls"',
-                file=config.file,
-                key="mail.ca_file",
-            )
-        password = cls.secret(config, "password_env") if mail.username else None
+        smtp: SMTPSettings = cls.settings(config)  # checked by SMTPSettings.parse
+        if smtp.host is None:
+            raise ConfigError("is required", file=config.file, key="mail.smtp.host")
+        password = cls.secret(config, "password_env") if smtp.username else None
         try:
             return cls(
-                mail.host,
-                port=mail.port,
-                security=mail.security,
-                username=mail.username,
+                smtp.host,
+                port=smtp.port,
+                security=smtp.security,
+                username=smtp.username,
                 password=password,
-                ca_file=mail.ca_file,
-                timeout=mail.timeout,
-                max_retries=mail.max_retries,
+                ca_file=smtp.ca_file,
+                timeout=smtp.timeout,
+                max_retries=smtp.max_retries,
                 **cls.common_options(config),
             )
         except OSError as e:  # only the CA bundle is read here (ssl.SSLError is an OSError)
             raise ConfigError(
-                f"cannot load the CA bundle {str(mail.ca_file)!r}: {e}",
+                f"cannot load the CA bundle {str(smtp.ca_file)!r}: {e}",
                 file=config.file,
-                key="mail.ca_file",
+                key="mail.smtp.ca_file",
             ) from e
 
     def describe(self) -> str:

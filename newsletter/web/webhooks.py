@@ -301,15 +301,30 @@ class MailgunTokens:
 # --- the routes ----------------------------------------------------------------------------------
 
 
+_KEYS = {
+    "postmark_webhook_user_env": ("postmark", "webhook_user_env"),
+    "postmark_webhook_password_env": ("postmark", "webhook_password_env"),
+    "sendgrid_webhook_key_env": ("sendgrid", "webhook_key_env"),
+    "mailgun_signing_key_env": ("mailgun", "webhook_signing_key_env"),
+}
+
+
+def _env(config: Config, key: str) -> tuple[str | None, str]:
+    """The variable name a webhook key holds, and the key's path for messages."""
+    provider, name = _KEYS[key]
+    settings = config.mail.provider(provider)
+    return (getattr(settings, name) if settings is not None else None), f"mail.{provider}.{name}"
+
+
 def _secret(config: Config, key: str) -> str | None:
-    """The secret held by the variable ``[web] <key>`` names: None when the key is not set
-    (the webhook is off); ``Refused`` (503) when the variable is missing."""
-    env = getattr(config.web, key)
+    """The secret held by the variable ``[mail.<provider>] <key>`` names: None when the key is
+    not set (the webhook is off); ``Refused`` (503) when the variable is missing."""
+    env, path = _env(config, key)
     if env is None:
         return None
     value = config.secret(env)
     if value is None:
-        log.error("webhook refused: $%s ([web] %s) is not set", env, key)
+        log.error("webhook refused: $%s (%s) is not set", env, path)
         raise Refused(503, "webhook not available")
     return value
 
@@ -317,20 +332,15 @@ def _secret(config: Config, key: str) -> str | None:
 def check_webhook_secrets(config: Config) -> None:
     """Raise ``ConfigError`` when a configured webhook's variable is unset or unusable
     (``newsletter serve`` checks at start, rather than refusing every request later)."""
-    for key in (
-        "postmark_webhook_user_env",
-        "postmark_webhook_password_env",
-        "sendgrid_webhook_key_env",
-        "mailgun_signing_key_env",
-    ):
-        env = getattr(config.web, key)
+    for key in _KEYS:
+        env, path = _env(config, key)
         if env is not None and config.secret(env) is None:
             raise ConfigError(
                 f"the environment variable ${env} is not set (it should hold the secret)",
                 file=config.file,
-                key=f"web.{key}",
+                key=path,
             )
-    key_env = config.web.sendgrid_webhook_key_env
+    key_env, path = _env(config, "sendgrid_webhook_key_env")
     if key_env is not None:
         try:
             sendgrid_public_key(config.secret(key_env) or "")
@@ -338,13 +348,13 @@ def check_webhook_secrets(config: Config) -> None:
             raise ConfigError(
                 "the SendGrid webhook needs the `cryptography` package (pip install cryptography)",
                 file=config.file,
-                key="web.sendgrid_webhook_key_env",
+                key=path,
             ) from e
         except ValueError as e:
             raise ConfigError(
                 f"${key_env} does not hold SendGrid's verification key (base64 or PEM): {e}",
                 file=config.file,
-                key="web.sendgrid_webhook_key_env",
+                key=path,
             ) from e
 
 
