@@ -22,6 +22,7 @@ Faults are scripted per test and consumed by the next requests, in order:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import itertools
@@ -122,6 +123,8 @@ class Emulator:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # records and faults; handle() runs under it too
         self._stopping = threading.Event()
+        self._idle = threading.Condition()  # notified when a request is no longer being taken
+        self._reading = 0  # requests being read, handled or answered
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -236,7 +239,23 @@ class Emulator:
 
     # --- the server ------------------------------------------------------------------------
 
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until no request is being read, handled or answered: after its client was
+        killed, what the client had sent is then either taken (in ``deliveries``) or dropped."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._reading == 0, timeout)
+
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
+        with self._idle:
+            self._reading += 1
+        try:
+            self._take(h)
+        finally:
+            with self._idle:
+                self._reading -= 1
+                self._idle.notify_all()
+
+    def _take(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         seen = Seen(
             method=h.command,
@@ -1001,7 +1020,9 @@ class SESEmulator(Emulator):
             )
 
 
+@functools.cache
 def _sesv2_operation() -> Any:
+    """The model, loaded once (loading it takes longer than handling a request)."""
     import botocore.session
 
     return (

@@ -10,6 +10,7 @@ metadata.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -24,10 +25,12 @@ from botocore.credentials import Credentials, RefreshableCredentials
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from newsletter.exceptions import ConfigError
+from newsletter.mail import make_backend
 from newsletter.mail.base import PreparedContent, SendCounts
-from newsletter.mail.ses import SESBackend, aws_setup, default_base_url, handlebars
+from newsletter.mail.ses import SESBackend, SESSettings, aws_setup, default_base_url, handlebars
 from newsletter.types import DeliveryStatus
-from tests._factories import ListLedger
+from tests._factories import CONFIG, ListLedger, make_config
 from tests.emulators import (
     AWS_ACCESS_KEY,
     AWS_SECRET_KEY,
@@ -345,3 +348,77 @@ def test_a_stop_request_cuts_the_backoff_short(ses: SESEmulator) -> None:
     timer.join()
     assert counts.interrupted and counts.sent == 0
     assert len(ses.requests) == 1
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def ses_table(body: str = "") -> str:
+    return '[mail]\nbackend = "ses"\n\n[mail.ses]\n' + body
+
+
+def test_configured_from_its_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = make_config(
+        tmp_path,
+        ses_table(
+            'region = "eu-west-1"\nconfiguration_set = "weekly"\ntimeout = 7\nmax_retries = 1\n'
+            'sns_topic_arns = ["arn:aws:sns:eu-west-1:123456789012:ses-bounces"]\n'
+        ),
+    )
+    settings = config.mail.provider("ses")
+    assert isinstance(settings, SESSettings)
+    assert settings.sns_topic_arns == ("arn:aws:sns:eu-west-1:123456789012:ses-bounces",)
+    assert re.match(
+        settings.sns_certificate_url_pattern,
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123abcd.pem",
+    )
+    backend = make_backend(config)
+    assert isinstance(backend, SESBackend)
+    assert (backend.region, backend.configuration_set) == ("eu-west-1", "weekly")
+    assert (backend.timeout, backend.max_retries) == (7, 1)
+    assert backend.base_url == "https://email.eu-west-1.amazonaws.com"
+    assert AWS_SECRET_KEY not in backend.describe()
+    # Without a region in the table, the AWS chain's (AWS_DEFAULT_REGION here).
+    assert make_backend(make_config(tmp_path, ses_table())).region == "us-east-1"  # type: ignore[attr-defined]
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    with pytest.raises(ConfigError) as info:
+        make_backend(make_config(tmp_path, ses_table()))
+    assert info.value.key == "mail.ses.region"
+
+
+def test_missing_credentials_name_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(ConfigError) as info:
+        make_backend(make_config(tmp_path, ses_table('region = "us-east-1"\n')))
+    assert info.value.key == "mail.ses"
+    assert "AWS_ACCESS_KEY_ID" in str(info.value) and str(tmp_path) in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        make_backend(make_config(tmp_path, ses_table('profile = "nobody"\n')))
+    assert info.value.key == "mail.ses.profile"
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "fragment"),
+    [
+        ('region = "eu"', "region", "AWS region such as us-east-1"),
+        ('token_env = "SES_TOKEN"', "token_env", "SES takes no token"),
+        ('configuration_set = "my set"', "configuration_set", "up to 64"),
+        ('sns_topic_arns = ["arn:aws:sns:eu:1:x"]', "sns_topic_arns", "SNS topic ARNs"),
+        ('sns_topic_arns = "arn"', "sns_topic_arns", "a list"),
+        ('sns_certificate_url_pattern = "(unclosed"', "sns_certificate_url_pattern", "regular"),
+        ('sns_subscribe_url_pattern = "[a-"', "sns_subscribe_url_pattern", "regular"),
+        ('base_url = "ftp://x"', "base_url", "http(s) URL"),
+        ('regoin = "us-east-1"', "regoin", "did you mean 'region'"),
+    ],
+)
+def test_settings_are_checked(tmp_path: Path, line: str, key: str, fragment: str) -> None:
+    table = ses_table(line + "\n")
+    with pytest.raises(ConfigError) as info:
+        make_config(tmp_path, table)
+    assert info.value.key == f"mail.ses.{key}"
+    assert fragment in str(info.value)
+    # FILE:LINE of the key, as every config error.
+    assert info.value.line == (CONFIG + "\n" + table).splitlines().index(line) + 1

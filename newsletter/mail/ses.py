@@ -90,6 +90,7 @@ from newsletter.mail.http import (
     Entry,
     HttpBackend,
     HttpClient,
+    HttpProviderSettings,
     in_order,
     substitutions,
 )
@@ -101,7 +102,7 @@ if TYPE_CHECKING:
     from botocore.credentials import Credentials
     from botocore.model import OperationModel
 
-    from newsletter.config import Table
+    from newsletter.config import Config, Table
     from newsletter.personalize import Template
 
 log = logging.getLogger(__name__)
@@ -168,38 +169,32 @@ CONFIGURATION_SET = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
-class SESSettings:
+class SESSettings(HttpProviderSettings):
     """``[mail.ses]``: where and how to call SES, and the SNS topics its bounce and complaint
     notifications arrive from (the webhook is served only when ``sns_topic_arns`` is set).
 
-    ``region`` None: the region botocore's chain finds (``AWS_REGION``, the profile)."""
+    ``region`` None: the region botocore's chain finds (``AWS_DEFAULT_REGION``, the profile).
+    ``token_env`` is refused: SES signs with AWS credentials, found by botocore's chain."""
+
+    token_required: ClassVar[bool] = False
 
     region: str | None = None
-    base_url: str | None = None
-    timeout: float = 30.0
-    max_retries: int = 5
     configuration_set: str | None = None
     profile: str | None = None
     sns_topic_arns: tuple[str, ...] = ()
     sns_certificate_url_pattern: str = SNS_CERTIFICATE_URL
     sns_subscribe_url_pattern: str = SNS_SUBSCRIBE_URL
 
-    KEYS: ClassVar[tuple[str, ...]] = (
-        "region",
-        "base_url",
-        "timeout",
-        "max_retries",
-        "configuration_set",
-        "profile",
-        "sns_topic_arns",
-        "sns_certificate_url_pattern",
-        "sns_subscribe_url_pattern",
-    )
-
     @classmethod
     def parse(cls, t: Table, *, selected: bool) -> Self:
         """The settings in ``t``; nothing is required (the AWS chain supplies the rest)."""
-        t.allow(*cls.KEYS)
+        common = cls.parse_common(t, selected)
+        if common["token_env"] is not None:
+            raise t.error(
+                "token_env",
+                "SES takes no token: it signs with the AWS credentials of the environment, "
+                "the shared files or `profile`",
+            )
         region = t.text("region", None)
         if region is not None and not REGION.fullmatch(region):
             raise t.error("region", f"expected an AWS region such as us-east-1, got {region!r}")
@@ -228,10 +223,8 @@ class SESSettings:
             except re.error as e:
                 raise t.error(key, f"not a regular expression: {e}") from None
         return cls(
+            **common,
             region=region,
-            base_url=t.url("base_url", None),
-            timeout=float(t.number("timeout", 30.0, minimum=0.1, maximum=3600)),
-            max_retries=t.number("max_retries", 5, minimum=0, maximum=100, integer=True),
             configuration_set=configuration_set,
             profile=t.text("profile", None),
             sns_topic_arns=tuple(arns),
@@ -331,6 +324,7 @@ class Answer:
 
 class SESBackend(HttpBackend):
     name = "ses"
+    Settings = SESSettings
     label = "Amazon SES"
     max_batch_size = MAX_ENTRIES
     idempotent = False  # SES has no idempotency key: a lost answer leaves a batch uncertain
@@ -355,6 +349,42 @@ class SESBackend(HttpBackend):
         self.credentials = credentials
         self.region = region
         self.configuration_set = configuration_set
+
+    @classmethod
+    def from_config(cls, config: Config) -> Self:
+        cls.check_batch_size(config)
+        settings: SESSettings = cls.settings(config)
+        try:
+            found = aws_setup(settings.profile)
+        except ConfigError as e:
+            raise ConfigError(e.message, file=config.file, key=e.key) from e
+        region = settings.region or found.region
+        if region is None:
+            raise ConfigError(
+                "no AWS region: set region here, AWS_DEFAULT_REGION, or a profile's region",
+                file=config.file,
+                key="mail.ses.region",
+            )
+        if not REGION.fullmatch(region):
+            raise ConfigError(
+                f"the AWS chain's region {region!r} is not a region name",
+                file=config.file,
+                key="mail.ses.region",
+            )
+        if found.credentials is None:
+            raise ConfigError(
+                "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "write them to ~/.aws/credentials (or name a `profile`), or run with an IAM role",
+                file=config.file,
+                key="mail.ses",
+            )
+        return cls(
+            credentials=found.credentials,
+            region=region,
+            configuration_set=settings.configuration_set,
+            **cls.http_options(config),
+            **cls.common_options(config),
+        )
 
     def describe(self) -> str:
         where = f"{self.base_url}, region {self.region}"
