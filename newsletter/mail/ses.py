@@ -74,7 +74,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from email.utils import formataddr, parseaddr
 from functools import cache
@@ -556,7 +556,7 @@ class SESBackend(HttpBackend):
                 raise self._stop(
                     f"{reason}; still so after {attempt} tries, {len(pending)} recipients left "
                     "for a later run",
-                    results,
+                    results.values(),
                     retryable=True,
                 )
             delay = min(30.0, self.backoff_factor * 2 ** (attempt - 1))
@@ -569,7 +569,7 @@ class SESBackend(HttpBackend):
                 delay,
             )
             if self.stopping.wait(delay):
-                raise self._stop("stopping, not retried", results, retryable=True)
+                raise self._stop("stopping, not retried", results.values(), retryable=True)
 
     def _attempt(
         self,
@@ -592,7 +592,7 @@ class SESBackend(HttpBackend):
         code, message = _error(response)
         status = response.status_code
         if DAILY_QUOTA in message.lower():
-            raise self._stop(f"{message} ({code})", results, status=status, retryable=True)
+            raise self._stop(f"{message} ({code})", results.values(), status=status, retryable=True)
         if code in THROTTLING or status in RETRY_STATUSES:
             return f"{code or 'HTTP ' + str(status)}: {message}"
         raise self._with_settled(self._refusal(response, code, message), results.values())
@@ -618,7 +618,7 @@ class SESBackend(HttpBackend):
             # Every message of every batch would get the same answer: stop, keep the rest.
             raise self._stop(
                 "the account or its configuration cannot send",
-                results,
+                results.values(),
                 provider_message=f"{stop.error} ({stop.status})",
                 retryable=stop.status == QUOTA_STOP,
                 fatal=stop.status != QUOTA_STOP,
@@ -645,23 +645,18 @@ class SESBackend(HttpBackend):
         return self._refusal(response, code, message)
 
     def _refusal(self, response: requests.Response, code: str, message: str) -> MailError:
-        status = response.status_code
         text = f"{message} ({code})" if code else message
-        if code in STOPPING:
+        if code in STOPPING or code in THROTTLING:
+            stops = code in STOPPING  # else throttled still: a later run may send
             return MailError(
-                "the account or its configuration cannot send",
+                "the account or its configuration cannot send"
+                if stops
+                else "SES is throttling this account (retries exhausted)",
                 backend=self.name,
-                status=status,
+                status=response.status_code,
                 provider_message=text,
-                fatal=True,
-            )
-        if code in THROTTLING:
-            return MailError(
-                "SES is throttling this account (retries exhausted)",
-                backend=self.name,
-                status=status,
-                provider_message=text,
-                retryable=True,
+                fatal=stops,
+                retryable=not stops,
             )
         # 401/403: fatal; 5xx: retryable; MessageRejected, BadRequestException: the batch.
         return self.http.refusal(response, text)
@@ -669,13 +664,16 @@ class SESBackend(HttpBackend):
     def _stop(
         self,
         message: str,
-        results: Mapping[int, DeliveryResult],
+        settled: Iterable[DeliveryResult],
         *,
         status: int | None = None,
         provider_message: str | None = None,
         retryable: bool = False,
         fatal: bool = False,
+        uncertain: bool = False,
     ) -> MailError:
+        """The ``MailError`` that ends this batch, carrying the recipients already settled
+        (recorded by the loop; the rest go back to pending)."""
         return MailError(
             message,
             backend=self.name,
@@ -683,7 +681,8 @@ class SESBackend(HttpBackend):
             provider_message=provider_message,
             retryable=retryable,
             fatal=fatal,
-            delivered=list(results.values()),
+            uncertain=uncertain,
+            delivered=list(settled),
         )
 
     def _with_settled(
@@ -698,15 +697,14 @@ class SESBackend(HttpBackend):
             not (error.retryable or error.fatal) or error.uncertain or not delivered
         ):
             return error
-        return MailError(
+        return self._stop(
             error.message,
-            backend=error.backend,
+            delivered,
             status=error.status,
             provider_message=error.provider_message,
             retryable=error.retryable,
             fatal=error.fatal,
             uncertain=error.uncertain,
-            delivered=delivered,
         )
 
 
