@@ -30,13 +30,13 @@ from starlette.routing import BaseRoute, Route
 
 from newsletter import clock
 from newsletter.config import load_config
+from newsletter.mail.sendgrid_webhook import sendgrid_suppressions
 from newsletter.types import SubscriberStatus
 from newsletter.web.app import create_app
 from newsletter.web.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH, BodyLimits, json_depth
 from newsletter.web.public import create_public_app
 from newsletter.web.redirects import on_site
 from newsletter.web.site import Site
-from newsletter.web.webhooks import sendgrid_suppressions
 from tests._browser import ServerThread
 from tests.test_web_feeds import Running, running_site
 from tests.test_web_webhooks import (

@@ -28,14 +28,12 @@ from sqlalchemy import select
 from newsletter import clock
 from newsletter.config import load_config
 from newsletter.exceptions import ConfigError
+from newsletter.mail.mailgun_webhook import mailgun_suppressions
+from newsletter.mail.postmark_webhook import postmark_suppressions
+from newsletter.mail.sendgrid_webhook import sendgrid_suppressions
 from newsletter.storage import SqlStorage, schema
 from newsletter.types import SubscriberStatus
-from newsletter.web.webhooks import (
-    check_webhook_secrets,
-    mailgun_suppressions,
-    postmark_suppressions,
-    sendgrid_suppressions,
-)
+from newsletter.web.webhooks import check_webhook_secrets
 from tests.test_web_feeds import Running, link_secret, running_site
 from tests.test_web_subscribe import another_process
 

@@ -177,6 +177,8 @@ class MailBackend(abc.ABC):
     idempotent: ClassVar[bool] = False  # re-sending an in-flight batch is de-duplicated
     # How long the provider remembers an idempotency key; None: forever (the outbox).
     idempotency_window: ClassVar[timedelta | None] = None
+    # "module:Class" of the provider's ``mail.webhook.Webhook``, imported only when served.
+    webhook: ClassVar[str | None] = None
 
     def __init__(
         self,

@@ -94,6 +94,7 @@ class MailgunSettings(HttpProviderSettings):
 class MailgunBackend(HttpBackend):
     Settings = MailgunSettings
     name = "mailgun"
+    webhook = "newsletter.mail.mailgun_webhook:MailgunWebhook"
     label = "Mailgun"
     max_batch_size = 1000
     idempotent = False  # Mailgun has no idempotency key

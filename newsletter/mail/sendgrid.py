@@ -88,6 +88,7 @@ class SendGridSettings(HttpProviderSettings):
 class SendGridBackend(HttpBackend):
     Settings = SendGridSettings
     name = "sendgrid"
+    webhook = "newsletter.mail.sendgrid_webhook:SendGridWebhook"
     label = "SendGrid"
     max_batch_size = 1000
     idempotent = False  # SendGrid has no idempotency key

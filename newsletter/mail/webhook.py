@@ -8,10 +8,14 @@ pure: no web framework and no database. ``newsletter.web.webhooks`` serves them 
 (backed by the database, shared by every ``serve`` process), and applies the
 ``Suppression``s it returns.
 
+Which webhooks exist follows from the backend registry (``newsletter.mail.BACKENDS``): a
+backend class names its webhook in its ``webhook`` attribute (``"module:Class"``, imported
+only when asked for); ``webhook_class(name)`` finds it.
+
 Status codes a webhook raises through ``Refused``: 400 for a body it cannot read, 401/403 for
-a missing or bad credential or signature, 503 when its secret is not available. A request
-that passes is answered 200 even when it held no event we act on (so the provider does not
-retry it).
+a missing or bad credential or signature. A secret that is not available is a ``ConfigError``
+from ``from_config`` (the web layer answers 503). A request that passes is answered 200 even
+when it held no event we act on (so the provider does not retry it).
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from __future__ import annotations
 import abc
 import base64
 import binascii
+import functools
 import hmac
+import importlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
+from newsletter.jsonsafe import BadBody, parse_json
+from newsletter.mail import BACKENDS, backend_class
 from newsletter.types import SubscriberStatus
 
 if TYPE_CHECKING:
@@ -70,6 +78,14 @@ class WebhookRequest:
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
 
+    def json(self) -> Any:
+        """The body as JSON (``newsletter.jsonsafe.parse_json``); ``Refused`` (400) with the
+        reason when it is not UTF-8, not JSON, nests too deep or holds a lone surrogate."""
+        try:
+            return parse_json(self.body)
+        except BadBody as e:
+            raise Refused(400, e.reason) from e
+
 
 class ReplayGuard(Protocol):
     """Remembers tokens (a nonce, a message id) for every ``serve`` process on the database."""
@@ -99,7 +115,41 @@ class Webhook(abc.ABC):
         """Authenticate ``request``, then read its events. Raises ``Refused``."""
 
 
+@functools.cache
+def webhook_class(name: str) -> type[Webhook] | None:
+    """The webhook of the backend registered as ``name``, or None when there is no such
+    backend or it has no webhook. Imports the backend's module (and the webhook's) on first
+    use. Raises ``TypeError`` for a registry entry that does not name a ``Webhook`` of that
+    provider (a programming error, not a config one)."""
+    if name not in BACKENDS:
+        return None
+    path = backend_class(name).webhook
+    if path is None:
+        return None
+    module_name, _, attribute = path.partition(":")
+    found = getattr(importlib.import_module(module_name), attribute)
+    if not (isinstance(found, type) and issubclass(found, Webhook)) or found.provider != name:
+        raise TypeError(f"{path} is not the Webhook of {name!r}")
+    return found
+
+
+def registered_webhooks() -> dict[str, type[Webhook]]:
+    """The webhook of every registered backend that has one, by backend name, in registry
+    order."""
+    found = {name: webhook_class(name) for name in BACKENDS}
+    return {name: hook for name, hook in found.items() if hook is not None}
+
+
 # --- shared helpers -----------------------------------------------------------------------------
+
+
+def secret(config: Config, provider: str, key: str) -> str | None:
+    """The value of the environment variable that ``[mail.<provider>] <key>`` names: None when
+    the key is not set (that webhook is off), ``ConfigError`` naming the key when the variable
+    is unset (``MailBackend.secret``, as for the backend's own token). Never logged."""
+    if getattr(config.mail.provider(provider), key, None) is None:
+        return None
+    return backend_class(provider).secret(config, key)
 
 
 def suppression(email: Any, status: SubscriberStatus, reason: str) -> list[Suppression]:

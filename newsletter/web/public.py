@@ -2,7 +2,7 @@
 
 - ``/feeds/<file>`` and ``/archive/...`` (``web.static``);
 - ``/subscribe``, ``/confirm/<token>``, ``/unsubscribe/<token>`` (``web.subscription``);
-- ``/webhooks/postmark``, ``/webhooks/sendgrid``, ``/webhooks/mailgun`` (``web.webhooks``);
+- ``/webhooks/<provider>`` for each mail backend with a webhook (``web.webhooks``);
 - ``/healthz``: ``{"status", "database", "feeds"}``, 200 while the database answers, else 503;
 - ``/``: a redirect to the subscribe page.
 
