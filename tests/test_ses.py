@@ -147,7 +147,35 @@ def test_only_7_bit_local_parts_go_out_and_domains_go_as_idna(ses: SESEmulator) 
     assert to[0].startswith("=?utf-8?") and to[0].endswith("<ana@xn--bcher-kva.example>")
 
 
+def test_a_non_ascii_sender_name_travels_encoded(ses: SESEmulator) -> None:
+    digest = content(from_addr="Zoë's Weekly <weekly@news.example.org>")
+    assert make(ses).send(digest, ListLedger(RECIPIENTS[:1])).sent == 1
+    sender = ses.requests[0].json()["FromEmailAddress"]
+    assert sender.startswith("=?utf-8?") and sender.endswith(" <weekly@news.example.org>")
+
+
 # --- retries -----------------------------------------------------------------------------------
+
+
+def test_a_lost_answer_leaves_the_batch_uncertain_and_unrepeated(ses: SESEmulator) -> None:
+    ses.drop()
+    ledger = ListLedger(RECIPIENTS)
+    assert make(ses).send(content(), ledger) == SendCounts(uncertain=3)
+    assert len(ses.requests) == 1 and len(ledger.uncertain_batches) == 1
+    assert sorted(ses.delivered_to()) == sorted(r.email for r in RECIPIENTS)  # SES took it
+
+
+def test_an_unreachable_endpoint_is_retried_then_left_pending() -> None:
+    with SESEmulator() as emulator:
+        url = emulator.base_url
+    backend = SESBackend(
+        credentials=KEYS, region="us-east-1", base_url=url, max_retries=2, backoff_factor=0.01
+    )
+    ledger = ListLedger(RECIPIENTS)
+    counts = backend.send(content(), ledger)
+    assert counts.stopped is not None and counts.stopped.retryable
+    assert "still so after 3 tries" in str(counts.stopped)
+    assert len(ledger.pending) == 3 and ledger.results == []
 
 
 def test_entries_throttled_inside_an_accepted_call_are_retried_alone(ses: SESEmulator) -> None:
