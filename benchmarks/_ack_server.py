@@ -4,7 +4,7 @@ its CPU and memory are not counted as ours.
 
 GET /_stats returns {"requests": n, "bytes": n, "messages": n, "distinct": n, "duplicates": n,
 "first": t, "last": t}; POST /_reset zeroes them. ``distinct`` and ``duplicates`` count
-recipients by address (SendGrid, Postmark and Resend payloads), so a benchmark of several
+recipients by address (SendGrid, Postmark, Resend and SES payloads), so a benchmark of several
 nodes can check, where the messages arrive, that nobody got one twice and nobody none;
 ``first`` and ``last`` are the arrival times (``time.time()``) of the first and last request.
 """
@@ -105,6 +105,9 @@ def recipients(provider: str, body: bytes) -> list[str]:
         return [_address(m["To"]) for m in json.loads(body)]
     if provider == "resend":
         return [_address(m["to"][0]) for m in json.loads(body)]
+    if provider == "ses":
+        entries = json.loads(body)["BulkEmailEntries"]
+        return [_address(e["Destination"]["ToAddresses"][0]) for e in entries]
     return []
 
 
@@ -126,6 +129,14 @@ def acknowledge(provider: str, body: bytes) -> tuple[int, bytes, int, dict[str, 
         messages = json.loads(body)
         reply = {"data": [{"id": str(uuid.uuid4())} for _ in messages]}
         return 200, json.dumps(reply).encode(), len(messages), {}
+    if provider == "ses":  # SES v2 SendBulkEmail; the signature is not checked here
+        entries = json.loads(body)["BulkEmailEntries"]
+        reply = {
+            "BulkEmailEntryResults": [
+                {"Status": "SUCCESS", "MessageId": str(uuid.uuid4())} for _ in entries
+            ]
+        }
+        return 200, json.dumps(reply).encode(), len(entries), {}
     if provider == "sendgrid":
         data = json.loads(body)
         count = sum(len(p.get("to", [])) for p in data["personalizations"])

@@ -36,8 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BACKENDS = ("postmark", "sendgrid", "mailgun", "resend")
+BACKENDS = ("postmark", "sendgrid", "mailgun", "resend", "ses")
 EXTRA = {"mailgun": 'domain = "mg.bench.example.org"\n'}
+# How each backend authenticates: a token, or (SES) the AWS keys set in run_one's environment.
+CREDENTIALS = {"ses": 'region = "us-east-1"\n'}
+TOKEN = 'token_env = "BENCH_TOKEN"\n'
 
 CONFIG = """
 [newsletter]
@@ -55,8 +58,7 @@ backend = "{backend}"
 concurrency = {concurrency}
 
 [mail.{backend}]
-token_env = "BENCH_TOKEN"
-base_url = "http://127.0.0.1:{port}"
+{credentials}base_url = "http://127.0.0.1:{port}"
 {extra}
 [storage]
 path = "bench.db"
@@ -105,10 +107,26 @@ def run_one(backend: str, subscribers: int, concurrency: int) -> dict[str, float
     os.environ["BENCH_TOKEN"] = "bench-token"
     os.environ["NEWSLETTER_SECRET"] = "bench-secret"
     with tempfile.TemporaryDirectory() as tmp:
+        # SES signs each request (SigV4) with these; the acknowledging server does not check.
+        empty = Path(tmp) / "aws-empty"
+        empty.write_text("")
+        os.environ.update(
+            {
+                "AWS_ACCESS_KEY_ID": "AKIABENCH",
+                "AWS_SECRET_ACCESS_KEY": "bench-secret-key",
+                "AWS_CONFIG_FILE": str(empty),
+                "AWS_SHARED_CREDENTIALS_FILE": str(empty),
+                "AWS_EC2_METADATA_DISABLED": "true",
+            }
+        )
         cfg = Path(tmp) / "newsletter.toml"
         cfg.write_text(
             CONFIG.format(
-                backend=backend, port=port, concurrency=concurrency, extra=EXTRA.get(backend, "")
+                backend=backend,
+                port=port,
+                concurrency=concurrency,
+                extra=EXTRA.get(backend, ""),
+                credentials=CREDENTIALS.get(backend, TOKEN),
             )
         )
         publisher = make_publisher(load_config(cfg))
@@ -158,9 +176,9 @@ def naive(subscribers: int) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = parse_config(
-            CONFIG.format(backend="outbox", port=1, concurrency=1, extra="")
-            .replace('token_env = "BENCH_TOKEN"\n', "")
-            .replace('base_url = "http://127.0.0.1:1"\n', ""),
+            CONFIG.format(
+                backend="outbox", port=1, concurrency=1, extra="", credentials=""
+            ).replace('base_url = "http://127.0.0.1:1"\n', ""),
             Path(tmp) / "newsletter.toml",
         )
     now = datetime.now(UTC)

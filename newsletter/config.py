@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from email.utils import formataddr, parseaddr
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -28,12 +28,15 @@ from newsletter._version import USER_AGENT
 from newsletter.addresses import validate_address
 from newsletter.cron import crontab_trigger
 from newsletter.exceptions import ConfigError, SubscriberError
+from newsletter.sources import KINDS, kind_settings
+
+if TYPE_CHECKING:
+    from newsletter.sources import SourceSettings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_NAME = "newsletter.toml"
 CONFIG_ENV = "NEWSLETTER_CONFIG"
-SOURCE_KINDS = ("feed", "folder")
 # The keys of ``[mail]`` itself; everything else a backend takes lives in its own table.
 MAIL_COMMON_KEYS = ("backend", "batch_size", "concurrency", "rate_limit")
 # ``[web]`` keys of the release before ``[mail.<backend>]`` tables: still read (with a warning)
@@ -84,17 +87,18 @@ class NewsletterSettings:
 
 @dataclass(frozen=True)
 class SourceConfig:
+    """One ``[[sources]]`` table: the keys every source has, and ``options``, the settings its
+    kind parsed from the rest (a ``SourceSettings`` of the class ``newsletter.sources.KINDS``
+    names for ``kind``)."""
+
     name: str
-    kind: str  # one of SOURCE_KINDS
-    url: str | None = None  # feed: http(s) URL, or None when ``path`` is set
-    path: Path | None = None  # feed: local file; folder: directory of Markdown files
-    timeout: float = 20.0
-    max_bytes: int = 10 * 1024 * 1024
+    kind: str  # a key of newsletter.sources.KINDS
+    options: SourceSettings
     enabled: bool = True
 
     @property
     def location(self) -> str:
-        return self.url if self.url is not None else str(self.path)
+        return self.options.location
 
 
 @dataclass(frozen=True)
@@ -622,6 +626,7 @@ def _newsletter(t: Table) -> NewsletterSettings:
 
 
 def _sources(root: Table, loader: _Loader) -> tuple[SourceConfig, ...]:
+    """The keys every source has; the kind's settings class parses the rest of its table."""
     raw = root.get("sources", list, [], "an array of tables ([[sources]])")
     out: list[SourceConfig] = []
     names: set[str] = set()
@@ -629,34 +634,23 @@ def _sources(root: Table, loader: _Loader) -> tuple[SourceConfig, ...]:
         if not isinstance(item, dict):
             raise loader.error(["sources", i], "expected a table ([[sources]])")
         t = Table(item, ["sources", i], loader)
-        t.allow("name", "kind", "url", "path", "timeout", "max_bytes", "enabled")
         name = t.text("name")
         if name in names:
             raise t.error("name", f"duplicate source name {name!r}")
         names.add(name)
         kind = t.text("kind")
-        if kind not in SOURCE_KINDS:
-            raise t.error("kind", f"expected one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
-        url = t.text("url", None)
-        path = t.path_value("path", None)
-        if kind == "feed" and (url is None) == (path is None):
-            raise t.error("url", "a feed source needs exactly one of `url` or `path`")
-        if kind == "folder" and (path is None or url is not None):
-            raise t.error("path", "a folder source needs `path` (and no `url`)")
-        if url is not None and not _is_http_url(url):
-            raise t.error("url", f"expected an http(s) URL, got {url!r}")
-        src = SourceConfig(
-            name=name,
-            kind=kind,
-            url=url,
-            path=path,
-            timeout=float(t.number("timeout", 20.0, minimum=0.1, maximum=_HOUR_S)),
-            max_bytes=t.number(
-                "max_bytes", 10 * 1024 * 1024, minimum=1024, maximum=2**30, integer=True
-            ),
-            enabled=t.get("enabled", bool, True),
+        try:
+            settings = kind_settings(kind)
+        except ConfigError as e:
+            raise t.error("kind", e.message) from e
+        if settings is None:
+            raise t.error("kind", f"expected one of {', '.join(KINDS)}, got {kind!r}")
+        options = settings.parse(t)
+        out.append(
+            SourceConfig(
+                name=name, kind=kind, options=options, enabled=t.get("enabled", bool, True)
+            )
         )
-        out.append(src)
     return tuple(out)
 
 

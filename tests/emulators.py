@@ -22,7 +22,9 @@ Faults are scripted per test and consumed by the next requests, in order:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import hmac
 import itertools
 import json
 import re
@@ -121,6 +123,8 @@ class Emulator:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()  # records and faults; handle() runs under it too
         self._stopping = threading.Event()
+        self._idle = threading.Condition()  # notified when a request is no longer being taken
+        self._reading = 0  # requests being read, handled or answered
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -235,7 +239,23 @@ class Emulator:
 
     # --- the server ------------------------------------------------------------------------
 
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until no request is being read, handled or answered: after its client was
+        killed, what the client had sent is then either taken (in ``deliveries``) or dropped."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._reading == 0, timeout)
+
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
+        with self._idle:
+            self._reading += 1
+        try:
+            self._take(h)
+        finally:
+            with self._idle:
+                self._reading -= 1
+                self._idle.notify_all()
+
+    def _take(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         seen = Seen(
             method=h.command,
@@ -712,3 +732,355 @@ class ResendEmulator(Emulator):
 
 def _first(value: Any) -> str:
     return str(value[0] if isinstance(value, list) else value)
+
+
+# --- Amazon SES (API v2) ------------------------------------------------------------------------
+
+AWS_ACCESS_KEY = "AKIAEMULATOR0000TEST"
+AWS_SECRET_KEY = "emulator/secret/key/0123456789abcdefTEST"
+_AUTHORIZATION = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/\s]+)/(?P<day>\d{8})/(?P<region>[^/\s]+)/"
+    r"(?P<service>[^/\s]+)/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), "
+    r"Signature=(?P<signature>[0-9a-f]{64})"
+)
+_HANDLEBARS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What Handlebars' escapeExpression replaces in a {{double}} mustache.
+_HANDLEBARS_ESCAPES = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        '"': "&quot;",
+        "'": "&#x27;",
+        "`": "&#x60;",
+        "=": "&#x3D;",
+    }
+)
+
+
+class RenderingFailure(Exception):
+    """The template does not render with an entry's data (SES drops that message and reports
+    a Rendering Failure event; the API call itself still answers SUCCESS)."""
+
+
+def render_handlebars(template: str, data: Mapping[str, Any]) -> str:
+    """The subset of Handlebars the SES backend may use: ``{{{name}}}`` (raw) and ``{{name}}``
+    (HTML-escaped) with plain variable names. Anything else that Handlebars would read as
+    syntax (a helper call, a block, a comment, an escaped ``\\{{``) raises ``RenderingFailure``:
+    an article's text that reaches SES unescaped is caught here."""
+    out: list[str] = []
+    position = 0
+    while True:
+        start = template.find("{{", position)
+        if start < 0:
+            out.append(template[position:])
+            return "".join(out)
+        literal = template[position:start]
+        if literal.endswith("\\"):
+            raise RenderingFailure(
+                f"an escaped mustache at {start}: {template[start - 1 : start + 20]!r}"
+            )
+        out.append(literal)
+        triple = template.startswith("{{{", start)
+        if template.startswith("{{{{", start):
+            raise RenderingFailure(f"a raw block at {start}")
+        opener, closer = ("{{{", "}}}") if triple else ("{{", "}}")
+        end = template.find(closer, start + len(opener))
+        if end < 0:
+            raise RenderingFailure(f"an unclosed mustache at {start}")
+        name = template[start + len(opener) : end].strip()
+        if not _HANDLEBARS_NAME.fullmatch(name):
+            raise RenderingFailure(f"not a variable: {{{{{name}}}}}")
+        if name not in data:
+            raise RenderingFailure(f"no value for {name!r}")
+        value = str(data[name])
+        out.append(value if triple else value.translate(_HANDLEBARS_ESCAPES))
+        position = end + len(closer)
+
+
+class SESEmulator(Emulator):
+    """``POST /v2/email/outbound-bulk-emails``, SES API v2 ``SendBulkEmail``: the request is
+    checked against the ``sesv2`` model botocore ships (botocore's ``ParamValidator``, plus the
+    ``max`` and ``pattern`` constraints it leaves to the server) and its SigV4 signature is
+    recomputed with botocore. Each entry's message is rendered from the inline template with
+    its ``ReplacementTemplateData``, headers merged as API_BulkEmailEntry.html says.
+
+    Scripting beyond the base class: ``fail(400, code="ThrottlingException", message=...)`` for
+    a coded error; ``fail_entry(address, status, times=n)`` answers ``status`` (e.g.
+    ``ACCOUNT_THROTTLED``) for that address's next ``n`` entries; ``reject`` answers
+    ``MESSAGE_REJECTED``."""
+
+    name = "ses"
+    rejection = "Address blacklisted."
+    MAX_ENTRIES = 50
+    MAX_SKEW = 300  # seconds: SigV4 requests older than 5 minutes are refused
+    CODES: ClassVar[dict[int, str]] = {
+        400: "BadRequestException",
+        403: "UnrecognizedClientException",
+        404: "NotFoundException",
+        429: "TooManyRequestsException",
+    }
+
+    def __init__(
+        self,
+        access_key: str = AWS_ACCESS_KEY,
+        *,
+        secret_key: str = AWS_SECRET_KEY,
+        region: str = "us-east-1",
+        configuration_sets: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(access_key)
+        self.secret_key = secret_key
+        self.region = region
+        self.configuration_sets = set(configuration_sets)
+        self.entry_faults: dict[str, deque[tuple[str, str]]] = {}
+        self.rendering_failures: list[str] = []
+
+    def fail_entry(self, address: str, status: str, *, times: int = 1, error: str = "") -> None:
+        with self._lock:
+            queue = self.entry_faults.setdefault(address.lower(), deque())
+            queue.extend((status, error or f"{status.lower()} (scripted)") for _ in range(times))
+
+    def error(self, status: int, message: str | None = None, **detail: Any) -> Answer:
+        code = detail.get("code") or self.CODES.get(status, "InternalFailure")
+        return Answer(
+            status,
+            {"message": message or code},
+            {"x-amzn-ErrorType": f"{code}:http://internal.amazon.com/coral/com.amazonaws.sesv2/"},
+        )
+
+    def handle(self, seen: Seen, index: int) -> Answer:
+        if seen.method != "POST" or seen.path != "/v2/email/outbound-bulk-emails":
+            raise self.problem(404, f"no endpoint {seen.method} {seen.path}")
+        self._check_signature(seen)
+        self.need_type(seen, "application/json")
+        try:
+            request = seen.json()
+        except ValueError:
+            raise self.problem(400, "the body is not JSON", code="SerializationException") from None
+        self._validate(request)
+        entries = request["BulkEmailEntries"]
+        if not 1 <= len(entries) <= self.MAX_ENTRIES:
+            raise self.problem(400, "1 to 50 BulkEmailEntries")
+        config_set = request.get("ConfigurationSetName")
+        if config_set is not None and config_set not in self.configuration_sets:
+            raise self.deny(404, f"Configuration set <{config_set}> does not exist.")
+        template = request["DefaultContent"].get("Template", {})
+        content = template.get("TemplateContent")
+        if not isinstance(content, dict) or not all(
+            content.get(k) for k in ("Subject", "Text", "Html")
+        ):
+            raise self.problem(400, "an inline TemplateContent with Subject, Text and Html")
+        sender = request.get("FromEmailAddress", "")
+        for address in [sender, *request.get("ReplyToAddresses", [])]:
+            if not address.isascii() or _one_address(address) is None:
+                raise self.problem(400, f"not one 7-bit address: {address!r}")
+        common = {h["Name"]: h["Value"] for h in template.get("Headers", [])}
+        for name in ("Message-ID", "Date"):
+            if any(n.lower() == name.lower() for n in common):
+                self.problems.append(f"{name} is set, but SES overwrites it")
+        results = [self._entry(seen, index, request, template, common, e) for e in entries]
+        return Answer(200, {"BulkEmailEntryResults": results})
+
+    def _entry(
+        self,
+        seen: Seen,
+        index: int,
+        request: Mapping[str, Any],
+        template: Mapping[str, Any],
+        common: Mapping[str, str],
+        entry: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        to = entry["Destination"].get("ToAddresses", [])
+        if (
+            len(to) != 1
+            or entry["Destination"].get("CcAddresses")
+            or entry["Destination"].get("BccAddresses")
+        ):
+            self.problems.append(f"an entry is not for exactly one To address: {to!r}")
+            return {"Status": "INVALID_PARAMETER", "Error": "one To address expected"}
+        if not to[0].isascii() or _one_address(to[0]) is None:
+            # SES has no SMTPUTF8 (API_Destination.html).
+            self.problems.append(f"not a 7-bit address: {to[0]!r}")
+            return {
+                "Status": "INVALID_PARAMETER",
+                "Error": "Local address contains control or whitespace",
+            }
+        address = _one_address(to[0]) or ""
+        scripted = self.entry_faults.get(address.lower())
+        if scripted:
+            status, error = scripted.popleft()
+            return {"Status": status, "Error": error}
+        if address.lower() in self.rejected:
+            return {"Status": "MESSAGE_REJECTED", "Error": self.rejected[address.lower()]}
+        replacement = entry.get("ReplacementEmailContent", {}).get("ReplacementTemplate", {})
+        raw_data = replacement.get("ReplacementTemplateData", template.get("TemplateData", "{}"))
+        message_id = f"0100018c{uuid.uuid4().hex}-{next(self._ids):06d}-000000"
+        try:
+            data = json.loads(raw_data)
+            if not isinstance(data, dict):
+                raise RenderingFailure("the template data is not a JSON object")
+            content = template["TemplateContent"]
+            subject, text, html = (
+                render_handlebars(content[k], data) for k in ("Subject", "Text", "Html")
+            )
+        except (ValueError, RenderingFailure) as e:
+            # SES answers SUCCESS and drops the message with a Rendering Failure event.
+            self.rendering_failures.append(f"{address}: {e}")
+            self.problems.append(f"rendering failure for {address}: {e}")
+            return {"Status": "SUCCESS", "MessageId": message_id}
+        headers = dict(common)
+        for header in entry.get("ReplacementHeaders", []):
+            for name in [n for n in headers if n.lower() == header["Name"].lower()]:
+                del headers[name]  # the entry's header takes precedence
+            headers[header["Name"]] = header["Value"]
+        for name in ("List-Unsubscribe", "List-Unsubscribe-Post"):
+            if name not in headers:
+                self.problems.append(f"no {name} header for {address}")
+        if request.get("ReplyToAddresses"):
+            headers["Reply-To"] = request["ReplyToAddresses"][0]
+        self.check_bodies(html, text)
+        self.deliver(
+            seen,
+            index,
+            to=address,
+            message_id=message_id,
+            from_=request["FromEmailAddress"],
+            subject=subject,
+            html=html,
+            text=text,
+            headers=headers,
+        )
+        return {"Status": "SUCCESS", "MessageId": message_id}
+
+    def _validate(self, request: Any) -> None:
+        """The request against the ``SendBulkEmail`` input shape of botocore's sesv2 model."""
+        from botocore.validate import ParamValidator
+
+        shape = _sesv2_operation().input_shape
+        report = ParamValidator().validate(request, shape)
+        if report.has_errors():
+            raise self.problem(400, report.generate_report())
+        for problem in _constraints(request, shape, "input"):
+            raise self.problem(400, problem)
+
+    def _check_signature(self, seen: Seen) -> None:
+        """The Authorization header is SigV4's, for this key, region and ``ses``, and its
+        signature is the one botocore computes for the request as received."""
+        from datetime import UTC, datetime
+
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        authorization = seen.headers.get("authorization", "")
+        match = _AUTHORIZATION.fullmatch(authorization)
+        if match is None:
+            raise self.problem(
+                400,
+                f"malformed Authorization {authorization[:80]!r}",
+                code="IncompleteSignatureException",
+            )
+        if match["key"] != self.token:
+            raise self.deny(403, "The security token included in the request is invalid.")
+        amz_date = seen.headers.get("x-amz-date", "")
+        try:
+            when = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        except ValueError:
+            raise self.problem(
+                400, f"X-Amz-Date {amz_date!r}", code="IncompleteSignatureException"
+            ) from None
+        if abs((datetime.now(UTC) - when).total_seconds()) > self.MAX_SKEW:
+            raise self.problem(
+                403, f"Signature expired: {amz_date}", code="InvalidSignatureException"
+            )
+        scope = (match["day"], match["region"], match["service"])
+        if scope != (amz_date[:8], self.region, "ses"):
+            raise self.problem(403, f"credential scope {scope}", code="InvalidSignatureException")
+        signed = match["signed"].split(";")
+        if not {"host", "x-amz-date"} <= set(signed) or any(h not in seen.headers for h in signed):
+            raise self.problem(403, f"SignedHeaders {signed}", code="InvalidSignatureException")
+        request = AWSRequest(
+            method=seen.method,
+            url=f"http://{seen.headers['host']}{seen.path}",
+            data=seen.body,
+            headers={name: seen.headers[name] for name in signed},
+        )
+        request.context["timestamp"] = amz_date
+        token = seen.headers.get("x-amz-security-token")
+        signer = SigV4Auth(Credentials(self.token, self.secret_key, token), "ses", self.region)
+        expected = signer.signature(
+            signer.string_to_sign(request, signer.canonical_request(request)), request
+        )
+        if not hmac.compare_digest(expected, match["signature"]):
+            raise self.problem(
+                403,
+                "The request signature we calculated does not match the signature you provided.",
+                code="InvalidSignatureException",
+            )
+
+
+@functools.cache
+def _sesv2_operation() -> Any:
+    """The model, loaded once (loading it takes longer than handling a request)."""
+    import botocore.session
+
+    return (
+        botocore.session.get_session().get_service_model("sesv2").operation_model("SendBulkEmail")
+    )
+
+
+def _constraints(value: Any, shape: Any, path: str) -> list[str]:
+    """Where ``value`` breaks the ``max`` and ``pattern`` of its shape (ParamValidator checks
+    types, required members and ``min`` only)."""
+    found: list[str] = []
+    limit = shape.metadata.get("max")
+    if shape.type_name == "structure" and isinstance(value, dict):
+        for name, member in shape.members.items():
+            if name in value:
+                found += _constraints(value[name], member, f"{path}.{name}")
+    elif shape.type_name == "list" and isinstance(value, list):
+        if limit is not None and len(value) > limit:
+            found.append(f"{path}: {len(value)} items, at most {limit}")
+        for i, item in enumerate(value):
+            found += _constraints(item, shape.member, f"{path}[{i}]")
+    elif shape.type_name == "string" and isinstance(value, str):
+        if limit is not None and len(value) > limit:
+            found.append(f"{path}: {len(value)} characters, at most {limit}")
+        pattern = shape.metadata.get("pattern")
+        if pattern is not None and not re.fullmatch(pattern.strip("^$"), value):
+            found.append(f"{path}: {value[:60]!r} does not match {pattern}")
+    return found
+
+
+def aws_environment(folder: Any, **extra: str) -> dict[str, str]:
+    """Environment variables for a hermetic AWS credential chain: the emulator's keys, empty
+    shared config and credentials files in ``folder``, no instance metadata, no container
+    credentials, no profile; so botocore never looks beyond 127.0.0.1 or the test's files."""
+    config, credentials = folder / "aws-config", folder / "aws-credentials"
+    for path in (config, credentials):
+        if not path.exists():
+            path.write_text("")
+    return {
+        "AWS_ACCESS_KEY_ID": AWS_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": AWS_SECRET_KEY,
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(credentials),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        **extra,
+    }
+
+
+# Variables of the chain that a developer's shell may hold and that must not reach a test.
+AWS_VARIABLES = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_REGION",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+)

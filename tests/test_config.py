@@ -38,7 +38,7 @@ def test_example_config_loads_with_paths_relative_to_the_file() -> None:
     assert config.newsletter.site_url == "https://news.example.org/"
     assert config.newsletter.sender_email == "weekly@news.example.org"
     assert [s.kind for s in config.sources] == ["folder", "feed", "feed", "feed"]
-    assert config.sources[0].path == (EXAMPLES / "articles").resolve()
+    assert config.sources[0].options.path == (EXAMPLES / "articles").resolve()
     assert config.feeds.output_dir == (EXAMPLES.parent / "feeds").resolve()
     assert config.storage.url == f"sqlite:///{(EXAMPLES / 'newsletter.db').resolve()}"
     assert config.schedule.timezone == "Europe/Berlin"  # inherited from [newsletter]
@@ -57,7 +57,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
 def test_starter_config_is_valid(tmp_path: Path) -> None:
     text = resources.files("newsletter").joinpath("starter.toml").read_text()
     config = parse_config(text, tmp_path / "newsletter.toml")
-    assert config.sources[0].url == "https://blog.python.org/feeds/posts/default"
+    assert config.sources[0].options.url == "https://blog.python.org/feeds/posts/default"
 
 
 def test_unknown_key_names_file_line_key_and_suggestion(tmp_path: Path) -> None:

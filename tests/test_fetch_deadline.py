@@ -27,6 +27,7 @@ from newsletter.core import Publisher, make_publisher
 from newsletter.exceptions import SourceError
 from newsletter.sources import deadline
 from newsletter.sources.feed import FeedSource
+from newsletter.sources.settings import FeedSettings
 from newsletter.types import SourceState
 from newsletter.websub import ping_hub
 from tests._factories import make_config
@@ -157,7 +158,7 @@ def test_redirect_hops_count_against_one_deadline(
         server.route(f"/hop{hop}", Reply(302, headers=location, delay=0.7))
     server.route("/hop4", Reply(200, RSS, delay=0.7))
     source = FeedSource(
-        SourceConfig(name="hops", kind="feed", url=server.url("/hop0"), timeout=TIMEOUT),
+        SourceConfig("hops", "feed", FeedSettings(url=server.url("/hop0"), timeout=TIMEOUT)),
         session=session,
         http=HttpSettings(),
     )
@@ -176,7 +177,7 @@ def test_a_reused_keep_alive_connection_answers_to_the_next_fetchs_deadline(
     session: requests.Session,
 ) -> None:
     with RawServer(keep_alive_then_dribble) as server:
-        config = SourceConfig(name="reused", kind="feed", url=server.url(), timeout=TIMEOUT)
+        config = SourceConfig("reused", "feed", FeedSettings(url=server.url(), timeout=TIMEOUT))
         source = FeedSource(config, session=session, http=HttpSettings())
         assert len(source.fetch(SourceState(name="reused")).entries) == 3
         started = time.monotonic()
@@ -203,7 +204,7 @@ def test_a_process_forked_during_a_fetch_has_its_own_watchdog(session: requests.
     inside.wait(5)
     try:
         with RawServer(dribble_headers_fast) as slow:
-            config = SourceConfig(name="child", kind="feed", url=slow.url(), timeout=1.0)
+            config = SourceConfig("child", "feed", FeedSettings(url=slow.url(), timeout=1.0))
             source = FeedSource(config, session=session, http=HttpSettings())
             with warnings.catch_warnings():
                 # Python 3.12+ warns about forking a process with threads; that is the point.
@@ -244,7 +245,7 @@ def test_the_deadline_holds_over_tls(script: Script, ca: trustme.CA, tmp_path: P
         session.trust_env = False  # $REQUESTS_CA_BUNDLE would win over session.verify
         session.verify = str(bundle)
         source = FeedSource(
-            SourceConfig(name="tls", kind="feed", url=slow.url(), timeout=TIMEOUT),
+            SourceConfig("tls", "feed", FeedSettings(url=slow.url(), timeout=TIMEOUT)),
             session=session,
             http=HttpSettings(),
         )

@@ -26,6 +26,7 @@ from newsletter.config import HttpSettings, SourceConfig
 from newsletter.exceptions import SourceError
 from newsletter.gather import normalize
 from newsletter.sources.feed import FeedSource
+from newsletter.sources.settings import FeedSettings
 from newsletter.types import FetchResult, SourceState
 from tests._http import LoopbackServer, Reply, Seen
 
@@ -197,7 +198,7 @@ def http() -> Iterator[tuple[LoopbackServer, requests.Session]]:
 
 
 def file_source(path: Path, session: requests.Session) -> FeedSource:
-    config = SourceConfig(name="fuzz", kind="feed", path=path)
+    config = SourceConfig("fuzz", "feed", FeedSettings(path=path))
     return FeedSource(config, session=session, http=HttpSettings())
 
 
@@ -258,7 +259,7 @@ def test_mutated_documents_over_http(
         return Reply(200, body, {"Content-Type": content_type})
 
     url = server.route("/fuzz", answer)
-    config = SourceConfig(name="fuzz", kind="feed", url=url, timeout=10)
+    config = SourceConfig("fuzz", "feed", FeedSettings(url=url, timeout=10))
     read(FeedSource(config, session=session, http=HttpSettings()))
 
 

@@ -25,6 +25,7 @@ from newsletter.config import Config, load_config
 from newsletter.core import Publisher, make_publisher
 from newsletter.exceptions import ConfigError
 from newsletter.mail import BACKENDS, settings_class
+from newsletter.sources import COMMON_KEYS, KINDS, kind_settings
 from newsletter.types import ImportReport, SubscriberStatus
 
 # --- a TOML writer small enough to trust (tomllib reads; nothing in the stdlib writes) ------------
@@ -87,6 +88,17 @@ def _toml_document(tables: dict[str, Any]) -> str:
 
 # --- strategies ----------------------------------------------------------------------------------
 
+
+def _source_keys() -> tuple[str, ...]:
+    """Every key some source kind reads: the registry's, so a new kind is fuzzed too."""
+    keys = list(COMMON_KEYS)
+    for kind in KINDS:
+        settings = kind_settings(kind)
+        assert settings is not None
+        keys += [k for k in settings.keys if k not in keys]
+    return tuple(keys)
+
+
 KNOWN_KEYS: dict[str, tuple[str, ...]] = {
     "newsletter": (
         "title",
@@ -99,7 +111,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "timezone",
         "secret_env",
     ),
-    "sources": ("name", "kind", "url", "path", "timeout", "max_bytes", "enabled"),
+    "sources": _source_keys(),
     "schedule": (
         "gather_interval_minutes",
         "digest_cron",

@@ -19,6 +19,7 @@ from newsletter.config import HttpSettings, SourceConfig
 from newsletter.exceptions import SourceError
 from newsletter.gather import canonical_url, gather, normalize, sanitize_html
 from newsletter.sources import Source, make_source
+from newsletter.sources.settings import FeedSettings, FolderSettings
 from newsletter.storage import SqlStorage, Storage
 from newsletter.types import Article, EntryData, FetchResult, GatherResult, SourceState
 from tests._http import LoopbackServer, Reply, conditional, redirect
@@ -264,7 +265,12 @@ def source(
     kind: str = "feed",
     timeout: float = 5.0,
 ) -> Source:
-    config = SourceConfig(name=name, kind=kind, url=url, path=path, timeout=timeout)
+    options = (
+        FolderSettings(path=path)
+        if kind == "folder" and path is not None
+        else FeedSettings(url=url, path=path, timeout=timeout)
+    )
+    config = SourceConfig(name=name, kind=kind, options=options)
     return make_source(config, session=session, http=HttpSettings(), timezone=BERLIN)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import email
 import email.policy
 import html
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,8 +21,10 @@ from email.message import EmailMessage
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
+from botocore.credentials import Credentials
 
 from newsletter.exceptions import ConfigError
 from newsletter.mail import make_backend
@@ -32,11 +35,15 @@ from newsletter.mail.outbox import OutboxBackend
 from newsletter.mail.postmark import PostmarkBackend
 from newsletter.mail.resend import ResendBackend
 from newsletter.mail.sendgrid import SendGridBackend
+from newsletter.mail.ses import SESBackend
 from newsletter.mail.smtp import SMTPBackend
 from newsletter.types import DeliveryStatus, MessageContent, Recipient
 from tests._factories import ListLedger, make_config, make_recipient
 from tests._smtp import smtp_server
 from tests.emulators import (
+    AWS_ACCESS_KEY,
+    AWS_SECRET_KEY,
+    AWS_VARIABLES,
     TOKEN,
     Delivery,
     Emulator,
@@ -44,6 +51,8 @@ from tests.emulators import (
     PostmarkEmulator,
     ResendEmulator,
     SendGridEmulator,
+    SESEmulator,
+    aws_environment,
 )
 
 TOKEN_ENV = "NL_TEST_MAIL_TOKEN"
@@ -180,6 +189,33 @@ def _provider_harness(
     return harness
 
 
+@contextmanager
+def ses_harness(tmp_path: Path) -> Iterator[Harness]:
+    """SES signs with AWS credentials from the environment (made hermetic here) instead of a
+    token, so it has a harness of its own."""
+    with SESEmulator() as emulator, mock.patch.dict(os.environ, aws_environment(tmp_path)):
+        for name in AWS_VARIABLES:
+            os.environ.pop(name, None)
+
+        def make(**options: Any) -> MailBackend:
+            options = {"max_retries": 2, "backoff_factor": 0.01, "timeout": 5, **options}
+            keys = Credentials(AWS_ACCESS_KEY, AWS_SECRET_KEY)
+            return SESBackend(
+                credentials=keys, region="us-east-1", base_url=emulator.base_url, **options
+            )
+
+        yield Harness(
+            "ses",
+            SESBackend,
+            make,
+            f'[mail]\nbackend = "ses"\n\n[mail.ses]\nregion = "us-east-1"\n'
+            f'base_url = "{emulator.base_url}"\n',
+            lambda: list(emulator.deliveries),
+            emulator,
+        )
+        assert emulator.problems == []
+
+
 # A new backend: one entry here.
 HARNESSES: dict[str, Callable[[Path], Any]] = {
     "outbox": outbox_harness,
@@ -188,6 +224,7 @@ HARNESSES: dict[str, Callable[[Path], Any]] = {
     "sendgrid": _provider_harness(SendGridEmulator, SendGridBackend),
     "mailgun": _provider_harness(MailgunEmulator, MailgunBackend, domain="mg.news.example.org"),
     "resend": _provider_harness(ResendEmulator, ResendBackend),
+    "ses": ses_harness,
 }
 
 

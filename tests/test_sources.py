@@ -19,6 +19,7 @@ from newsletter.exceptions import ConfigError, SourceError
 from newsletter.sources import Source, make_source
 from newsletter.sources.feed import FeedSource
 from newsletter.sources.folder import FolderSource
+from newsletter.sources.settings import FeedSettings, FolderSettings
 from newsletter.types import FetchResult, SourceState
 from tests._http import LoopbackServer, Reply, conditional, redirect
 
@@ -45,9 +46,8 @@ def feed(
     timeout: float = 5.0,
     max_bytes: int = 1024 * 1024,
 ) -> Source:
-    config = SourceConfig(
-        name="test-feed", kind="feed", url=url, path=path, timeout=timeout, max_bytes=max_bytes
-    )
+    options = FeedSettings(url=url, path=path, timeout=timeout, max_bytes=max_bytes)
+    config = SourceConfig(name="test-feed", kind="feed", options=options)
     return make_source(
         config, session=session, http=HttpSettings(user_agent=USER_AGENT), timezone=BERLIN
     )
@@ -69,13 +69,13 @@ def first_fetch(source: Source) -> FetchResult:
 def test_make_source_builds_each_kind(session: requests.Session, tmp_path: Path) -> None:
     http = HttpSettings()
     feed_source = make_source(
-        SourceConfig(name="a", kind="feed", url="https://example.com/feed.xml"),
+        SourceConfig("a", "feed", FeedSettings(url="https://example.com/feed.xml")),
         session=session,
         http=http,
         timezone=BERLIN,
     )
     folder_source = make_source(
-        SourceConfig(name="b", kind="folder", path=tmp_path),
+        SourceConfig("b", "folder", FolderSettings(path=tmp_path)),
         session=session,
         http=http,
         timezone=BERLIN,
@@ -90,7 +90,7 @@ def test_make_source_builds_each_kind(session: requests.Session, tmp_path: Path)
 def test_make_source_refuses_an_unknown_kind(session: requests.Session) -> None:
     with pytest.raises(ConfigError, match="unknown source kind 'page'"):
         make_source(
-            SourceConfig(name="p", kind="page", url="https://example.com/"),
+            SourceConfig("p", "page", FeedSettings(url="https://example.com/")),
             session=session,
             http=HttpSettings(),
             timezone=BERLIN,
@@ -100,11 +100,12 @@ def test_make_source_refuses_an_unknown_kind(session: requests.Session) -> None:
 @pytest.mark.parametrize(
     "config",
     [
-        SourceConfig(name="f", kind="feed"),
-        SourceConfig(name="f", kind="feed", url="https://e.com/f.xml", path=Path("f.xml")),
-        SourceConfig(name="d", kind="folder"),
+        SourceConfig("f", "feed", FeedSettings()),
+        SourceConfig("f", "feed", FeedSettings(url="https://e.com/f.xml", path=Path("f.xml"))),
+        # A folder's settings cannot lack a path; another kind's settings are the mistake left.
+        SourceConfig("d", "folder", FeedSettings(path=Path("d"))),
     ],
-    ids=["feed-neither", "feed-both", "folder-without-path"],
+    ids=["feed-neither", "feed-both", "folder-with-feed-settings"],
 )
 def test_make_source_refuses_a_config_its_kind_cannot_use(
     session: requests.Session, config: SourceConfig
@@ -613,7 +614,7 @@ def posts(tmp_path: Path) -> Path:
 def folder_source(path: Path, timezone: ZoneInfo = BERLIN) -> Source:
     with requests.Session() as session:
         return make_source(
-            SourceConfig(name="notes", kind="folder", path=path),
+            SourceConfig("notes", "folder", FolderSettings(path=path)),
             session=session,
             http=HttpSettings(),
             timezone=timezone,

@@ -30,6 +30,7 @@ BACKENDS: dict[str, str] = {
     "sendgrid": "newsletter.mail.sendgrid:SendGridBackend",
     "mailgun": "newsletter.mail.mailgun:MailgunBackend",
     "resend": "newsletter.mail.resend:ResendBackend",
+    "ses": "newsletter.mail.ses:SESBackend",
     "smtp": "newsletter.mail.smtp:SMTPBackend",
 }
 

@@ -1,9 +1,17 @@
 """Sources: where articles come from, one module per kind behind the ``Source`` Protocol.
 
-Owns: the ``Source`` contract and the registry that builds a source from its ``SourceConfig``
-(``make_source``). Each kind lives in its own module (``feed``, ``folder``) and turns what it
-reads into ``EntryData`` values; a kind that reads a URL or a file gets its bytes through
-``fetch`` (conditional GET, remembered redirects, size cap, total deadline, charset).
+Owns: the ``Source`` contract, the registry of kinds (``KINDS``: a kind's name and where its
+settings class lives) and building a source from its ``SourceConfig`` (``make_source``). Each
+kind owns its ``[[sources]]`` keys: its settings class (``SourceSettings``) parses and checks
+them, and names the class that reads the source. The built-in kinds keep their settings in
+``settings`` (light to import, so loading a config does not import feedparser or a Markdown
+parser) and their readers in ``feed`` and ``folder``; a kind that reads a URL or a file gets its
+bytes through ``fetch`` (conditional GET, remembered redirects, size cap, total deadline,
+charset), whose settings (``settings.FetchSettings``) it can reuse.
+
+A kind outside this package registers itself with ``register_kind`` (from a test, or from the
+module an installed plugin's ``newsletter.sources`` entry point names: entry points are read
+the first time a kind is not found, so a config naming a plugin's kind needs nothing else).
 
 Does not own: normalizing, sanitizing or storing entries (``newsletter.gather``), remembering
 validators and redirects between runs (``newsletter.storage``; a source only reads them from the
@@ -12,19 +20,43 @@ validators and redirects between runs (``newsletter.storage``; a source only rea
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol, runtime_checkable
-from zoneinfo import ZoneInfo
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
-import requests
-
-from newsletter.config import HttpSettings, SourceConfig
 from newsletter.exceptions import ConfigError
-from newsletter.sources.feed import FeedSource
-from newsletter.sources.folder import FolderSource
-from newsletter.types import FetchResult, SourceState
 
-__all__ = ["Source", "make_source"]
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    import requests
+
+    from newsletter.config import HttpSettings, SourceConfig, Table
+    from newsletter.types import FetchResult, SourceState
+
+__all__ = [
+    "COMMON_KEYS",
+    "KINDS",
+    "Source",
+    "SourceContext",
+    "SourceSettings",
+    "kind_settings",
+    "make_source",
+    "register_kind",
+]
+
+log = logging.getLogger(__name__)
+
+# name -> "module:SettingsClass"; a new kind adds a line here (or calls ``register_kind``).
+KINDS: dict[str, str] = {
+    "feed": "newsletter.sources.settings:FeedSettings",
+    "folder": "newsletter.sources.settings:FolderSettings",
+}
+# The keys of every ``[[sources]]`` table, read by the config loader whatever the kind.
+COMMON_KEYS = ("name", "kind", "enabled")
+ENTRY_POINT_GROUP = "newsletter.sources"
+_entry_points_read = False
 
 
 @runtime_checkable
@@ -58,13 +90,70 @@ class Source(Protocol):
     def fetch(self, state: SourceState) -> FetchResult: ...
 
 
-SourceFactory = Callable[[SourceConfig, requests.Session, HttpSettings, ZoneInfo], Source]
+@dataclass(frozen=True)
+class SourceContext:
+    """What one gather run hands every source it builds: the HTTP session shared by all of
+    them, the ``[http]`` settings, and the zone in which dates written without one are read."""
 
-# Kinds are the values of ``config.SOURCE_KINDS``; a new kind adds a module and a line here.
-_REGISTRY: dict[str, SourceFactory] = {
-    "feed": lambda config, session, http, tz: FeedSource(config, session=session, http=http),
-    "folder": lambda config, session, http, tz: FolderSource(config, timezone=tz),
-}
+    session: requests.Session
+    http: HttpSettings
+    timezone: ZoneInfo
+
+
+class SourceSettings(Protocol):
+    """The settings of one kind: a frozen dataclass, ``SourceConfig.options``.
+
+    ``parse(t)`` reads them from one ``[[sources]]`` table (``t``, a ``newsletter.config.Table``
+    whose key paths are ``sources[i].<key>``). It first calls ``t.allow(*COMMON_KEYS, *keys)``,
+    so a misspelt key is reported as such, then checks each of its keys, raising ``ConfigError``
+    through ``t.error``/``t.get`` (which name the file, line and key path). The common keys are
+    the loader's; ``parse`` only lets them through.
+
+    ``keys`` are the kind's own keys; ``source`` names, as ``"module:Class"``, the class that
+    reads a source of this kind: ``Class.from_config(config, context)`` returns a ``Source``
+    (or raises ``ConfigError`` for settings built by hand that it cannot use). It is imported
+    only when a source is built, so parsing a config stays cheap. ``location`` is the URL or
+    path the source reads, which ``Source.location`` repeats.
+    """
+
+    keys: ClassVar[tuple[str, ...]]
+    source: ClassVar[str]
+
+    @property
+    def location(self) -> str: ...
+
+    @classmethod
+    def parse(cls, t: Table) -> Self: ...
+
+
+class _SourceClass(Protocol):
+    def from_config(self, config: SourceConfig, context: SourceContext) -> Source: ...
+
+
+def register_kind(name: str, target: str) -> None:
+    """Make the kind ``name`` known: ``target`` is ``"module:SettingsClass"``, imported when a
+    config first names the kind. Re-registering a name with the same target is allowed (a
+    plugin module imported twice); another target for a taken name raises ``ValueError``."""
+    module, _, attribute = target.partition(":")
+    if not module or not attribute:
+        raise ValueError(f"expected 'module:Class' for source kind {name!r}, got {target!r}")
+    if KINDS.get(name, target) != target:
+        raise ValueError(f"source kind {name!r} is already registered as {KINDS[name]!r}")
+    KINDS[name] = target
+
+
+def kind_settings(name: str) -> type[SourceSettings] | None:
+    """The settings class of the kind ``name``, or None when no kind has that name.
+
+    Looks in ``KINDS``, then (once per process) in the installed plugins' entry points. Raises
+    ``ConfigError`` when the class a kind is registered with cannot be imported."""
+    if name not in KINDS:
+        _read_entry_points()
+    target = KINDS.get(name)
+    if target is None:
+        return None
+    settings: type[SourceSettings] = _import(target, f"source kind {name!r}")
+    return settings
 
 
 def make_source(
@@ -78,15 +167,58 @@ def make_source(
 
     ``session`` is shared by every HTTP source of one gather run; ``timezone`` is the zone in
     which dates written without one (in front matter, say) are read. Raises ``ConfigError`` for
-    a kind no module implements, or a config its kind cannot use (a feed with both or neither of
-    ``url`` and ``path``); ``load_config`` already refuses those, so this guards configs built
-    by hand.
+    a kind no module implements, settings of another kind's type, or settings the kind cannot
+    use (a feed with both or neither of ``url`` and ``path``); ``load_config`` already refuses
+    those, so this guards configs built by hand.
     """
-    factory = _REGISTRY.get(config.kind)
-    if factory is None:
-        known = ", ".join(sorted(_REGISTRY))
+    where = f"sources.{config.name}.kind"
+    settings = kind_settings(config.kind)
+    if settings is None:
+        known = ", ".join(sorted(KINDS))
         raise ConfigError(
-            f"unknown source kind {config.kind!r} (expected one of {known})",
-            key=f"sources.{config.name}.kind",
+            f"unknown source kind {config.kind!r} (expected one of {known})", key=where
         )
-    return factory(config, session, http, timezone)
+    if not isinstance(config.options, settings):
+        raise ConfigError(
+            f"{config.kind} source {config.name!r} needs {settings.__name__}, "
+            f"got {type(config.options).__name__}",
+            key=where,
+        )
+    source_class: _SourceClass = _import(settings.source, f"the reader of kind {config.kind!r}")
+    return source_class.from_config(
+        config, SourceContext(session=session, http=http, timezone=timezone)
+    )
+
+
+def _import(target: str, what: str) -> Any:
+    module_name, _, attribute = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(
+            f"{what} is registered as {target!r}, which cannot be imported: {e}"
+        ) from e
+
+
+def _read_entry_points() -> None:
+    """Register the kinds installed plugins declare. Read once, and only when a config names a
+    kind we do not know: it scans every installed distribution's metadata (about 5 ms here),
+    which a config of built-in kinds need not pay."""
+    global _entry_points_read
+    if _entry_points_read:
+        return
+    # Imported here, not at the top, for the same reason: importing importlib.metadata costs
+    # milliseconds too.
+    from importlib import metadata
+
+    _entry_points_read = True
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in KINDS:
+            log.warning(
+                "ignoring the %s entry point %r of %s: the kind is already registered",
+                ENTRY_POINT_GROUP,
+                entry.name,
+                entry.value,
+            )
+            continue
+        KINDS[entry.name] = entry.value

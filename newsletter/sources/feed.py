@@ -24,15 +24,16 @@ import logging
 import xml.sax
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import feedparser
 import requests
 
 from newsletter.config import HttpSettings, SourceConfig
 from newsletter.exceptions import ConfigError, SourceError
-from newsletter.sources.fetch import Fetcher, is_http, read_file
+from newsletter.sources import SourceContext
+from newsletter.sources.fetch import Fetcher, is_http
+from newsletter.sources.settings import FeedSettings
 from newsletter.types import EntryData, FetchResult, SourceState
 
 log = logging.getLogger(__name__)
@@ -52,42 +53,36 @@ class _Unreadable(Exception):
 
 
 class FeedSource:
-    """A feed at an http(s) URL (``config.url``) or in a local file (``config.path``)."""
+    """A feed at an http(s) URL or in a local file (``FeedSettings.url`` or ``.path``)."""
 
     def __init__(
         self, config: SourceConfig, *, session: requests.Session, http: HttpSettings
     ) -> None:
-        if (config.url is None) == (config.path is None):
+        options = config.options
+        if not isinstance(options, FeedSettings) or (options.url is None) == (options.path is None):
             raise ConfigError(f"feed source {config.name!r} needs exactly one of `url` or `path`")
         self.name = config.name
         self.location = config.location
-        self._config = config
-        self._target: str | Path = config.path if config.path is not None else str(config.url)
+        self._options = options
         self._fetcher = Fetcher(session, user_agent=http.user_agent, accept=_ACCEPT)
+
+    @classmethod
+    def from_config(cls, config: SourceConfig, context: SourceContext) -> Self:
+        return cls(config, session=context.session, http=context.http)
 
     def __repr__(self) -> str:
         return f"FeedSource({self.name!r}, {self.location!r})"
 
     def fetch(self, state: SourceState) -> FetchResult:
-        if isinstance(self._target, Path):
-            fetched = read_file(
-                self._target, state, source=self.name, max_bytes=self._config.max_bytes
-            )
-        else:
-            fetched = self._fetcher.get(
-                self._target,
-                state,
-                source=self.name,
-                timeout=self._config.timeout,
-                max_bytes=self._config.max_bytes,
-            )
+        fetched = self._fetcher.document(self._options, state, source=self.name)
         if fetched.not_modified:
             return FetchResult(
                 not_modified=True, etag=fetched.etag, permanent_url=fetched.permanent_url
             )
+        file = self._options.path
         media_type = fetched.media_type
         # A file has no Content-Type; its suffix is the only label it carries.
-        if isinstance(self._target, Path) and self._target.suffix.lower() == ".json":
+        if file is not None and file.suffix.lower() == ".json":
             media_type = "application/feed+json"
         try:
             entries, own_link, warning = _parse_document(fetched.body, media_type, fetched.charset)
@@ -100,7 +95,7 @@ class FeedSource:
             permanent_url=fetched.permanent_url,
             # A relative link in a feed is relative to the feed document itself; a file has no
             # useful URL of its own, so the feed's link is the next best base.
-            base_url=own_link if isinstance(self._target, Path) else fetched.url,
+            base_url=own_link if file is not None else fetched.url,
             warning=warning,
         )
 

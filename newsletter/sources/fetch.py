@@ -1,6 +1,7 @@
 """Fetching a source's document: over HTTP(S) with the shared session, or from a local file.
 
-Owns, for any source kind: the conditional GET (``If-None-Match``/``If-Modified-Since`` from the
+Owns, for any source kind (``Fetcher.document`` reads what a kind's ``FetchSettings`` point
+at): the conditional GET (``If-None-Match``/``If-Modified-Since`` from the
 ``SourceState``, a 304 reported as not modified), following redirects and telling which of them
 moved the document for good, going straight to a remembered permanent target, the size cap
 (``max_bytes``, on the declared length and on the decompressed bytes), the total deadline per
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import requests
@@ -28,6 +30,9 @@ import urllib3.exceptions
 from newsletter.exceptions import SourceError
 from newsletter.sources import deadline
 from newsletter.types import SourceState
+
+if TYPE_CHECKING:
+    from newsletter.sources.settings import FetchSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +78,21 @@ class Fetcher:
         self._session = deadline.mount(session)
         self._user_agent = user_agent
         self._accept = accept
+
+    def document(self, settings: FetchSettings, state: SourceState, *, source: str) -> Fetched:
+        """Fetch the document ``settings`` points at: ``get`` for its URL, ``read_file`` for its
+        path, under its ``timeout`` and ``max_bytes``. Raises ``SourceError`` as they do."""
+        if settings.path is not None:
+            return read_file(settings.path, state, source=source, max_bytes=settings.max_bytes)
+        if settings.url is None:
+            raise SourceError("neither a URL nor a path to read", source=source, url="")
+        return self.get(
+            settings.url,
+            state,
+            source=source,
+            timeout=settings.timeout,
+            max_bytes=settings.max_bytes,
+        )
 
     def get(
         self,

@@ -22,7 +22,7 @@ import logging
 import os
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from zoneinfo import ZoneInfo
 
 import frontmatter
@@ -32,6 +32,8 @@ from markdown_it.token import Token
 
 from newsletter.config import SourceConfig
 from newsletter.exceptions import ConfigError, SourceError
+from newsletter.sources import SourceContext
+from newsletter.sources.settings import FolderSettings
 from newsletter.types import EntryData, FetchResult, SourceState
 
 __all__ = ["FolderSource"]
@@ -58,16 +60,20 @@ class _BadFile(Exception):
 
 
 class FolderSource:
-    """Markdown files under ``config.path``; naive dates are read in ``timezone``."""
+    """Markdown files under ``FolderSettings.path``; naive dates are read in ``timezone``."""
 
     def __init__(self, config: SourceConfig, *, timezone: ZoneInfo) -> None:
-        if config.path is None:
+        if not isinstance(config.options, FolderSettings):
             raise ConfigError(f"folder source {config.name!r} needs a `path`")
         self.name = config.name
         self.location = config.location
-        self._root = config.path
+        self._root = config.options.path
         self._timezone = timezone
         self._md = MarkdownIt("commonmark").enable("table")
+
+    @classmethod
+    def from_config(cls, config: SourceConfig, context: SourceContext) -> Self:
+        return cls(config, timezone=context.timezone)
 
     def __repr__(self) -> str:
         return f"FolderSource({self.name!r}, {self.location!r})"
