@@ -16,19 +16,27 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from newsletter.config import load_config
 from newsletter.mail.ses_webhook import MAX_AGE_SECONDS, SESWebhook
 from newsletter.mail.webhook import Refused, Suppression, WebhookRequest
 from newsletter.types import SubscriberStatus
 from tests._http import LoopbackServer, Reply
+from tests.test_web_feeds import Running, link_secret, running_site
+
+__all__ = ["link_secret"]  # its autouse fixture: the site's signing secret
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 TOPIC = "arn:aws:sns:us-east-1:123456789012:newsletter-ses-events"
@@ -190,7 +198,8 @@ def hook(aws: AWS, signer: Signer) -> SESWebhook:
 
 def string_to_sign(m: dict[str, Any]) -> str:
     if m["Type"] == "Notification":
-        subject = f"Subject\n{m['Subject']}\n" if "Subject" in m else ""
+        # "Subject (if present)": a null one is absent too, as the AWS SDKs read it (isset).
+        subject = f"Subject\n{m['Subject']}\n" if m.get("Subject") is not None else ""
         return (
             f"Message\n{m['Message']}\nMessageId\n{m['MessageId']}\n{subject}"
             f"Timestamp\n{m['Timestamp']}\nTopicArn\n{m['TopicArn']}\nType\n{m['Type']}\n"
@@ -660,3 +669,134 @@ def test_a_lone_surrogate_is_400(hook: SESWebhook, aws: AWS) -> None:
     assert error.status_code == 400
     assert error.message.startswith("the JSON holds an unpaired surrogate")
     assert aws.seen() == []
+
+
+SNS_FIELDS = st.sampled_from(
+    [
+        "Type",
+        "MessageId",
+        "TopicArn",
+        "Timestamp",
+        "Message",
+        "Subject",
+        "SubscribeURL",
+        "Token",
+        "Signature",
+        "SignatureVersion",
+        "SigningCertURL",
+    ]
+)
+ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    kind=st.sampled_from(["Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation"]),
+    changes=st.dictionaries(SNS_FIELDS, ANY_JSON | SNS_FIELDS, max_size=3),
+    removed=st.sets(SNS_FIELDS, max_size=2),
+)
+def test_any_altered_message_is_refused_never_an_error(
+    hook: SESWebhook,
+    aws: AWS,
+    signer: Signer,
+    kind: str,
+    changes: dict[str, Any],
+    removed: set[str],
+) -> None:
+    signed = sign(signer, envelope(aws, kind))
+    message = {k: v for k, v in {**signed, **changes}.items() if k not in removed}
+    try:
+        found = hook.handle(request(message), Guard())
+    except Refused as e:
+        assert e.status_code in (400, 403), e.message
+    else:
+        # What gets through carries SNS's signature over its own string to sign.
+        algorithm = hashes.SHA1() if message["SignatureVersion"] == "1" else hashes.SHA256()
+        signer.key.public_key().verify(
+            base64.b64decode(message["Signature"]),
+            string_to_sign(message).encode(),
+            padding.PKCS1v15(),
+            algorithm,
+        )
+        assert all(isinstance(item, Suppression) for item in found)
+    # Never a request anywhere but the certificate's and, when confirming, SubscribeURL's.
+    assert {urlsplit(seen.path).path for seen in aws.seen()} <= {aws.cert_path, "/"}
+
+
+# --- through newsletter serve ---------------------------------------------------------------------
+
+
+def post_sns(site: Running, message: dict[str, Any]) -> requests.Response:
+    """POST ``message`` as SNS does: JSON as text/plain, with its x-amz-sns-* headers."""
+    headers = {
+        k: v for k, v in request(message).headers.items() if k.startswith(("x-amz", "content"))
+    }
+    return requests.post(
+        site.url + "/webhooks/ses", data=json.dumps(message), headers=headers, timeout=10
+    )
+
+
+def test_through_serve_bounces_and_complaints_suppress_once(
+    example_project: Path, fixed_clock: list[datetime], aws: AWS, signer: Signer
+) -> None:
+    fixed_clock[0] = NOW
+    aws.route(aws.cert_path, Reply(200, signer.cert_pem))
+    aws.route("/", Reply(500, b"<Error/>"))
+    example_project.write_text(
+        example_project.read_text()
+        + f'\n[mail.ses]\nsns_topic_arns = ["{TOPIC}"]\n'
+        + f"sns_certificate_url_pattern = '{LOOPBACK}'\nsns_subscribe_url_pattern = '{LOOPBACK}'\n"
+    )
+    with running_site(example_project) as site:
+        with site.publisher() as publisher:
+            for address in ("jane@example.com", "mary@example.com", "richard@example.com"):
+                publisher.add_subscriber(address)
+        confirmation = sign(signer, envelope(aws, "SubscriptionConfirmation"))
+        bounce = sign(signer, envelope(aws))
+        complaint = sign(signer, envelope(aws, message=DOC_COMPLAINT), "1")
+
+        # Confirming fails on AWS's side: 503, and the MessageId's claim is given back...
+        assert post_sns(site, confirmation).status_code == 503
+        aws.route("/", Reply(200, b"<ConfirmSubscriptionResponse/>"))
+        # ... so SNS's retry of the same message counts; once.
+        assert post_sns(site, confirmation).json() == {"suppressed": 0, "ignored": 0}
+        assert post_sns(site, confirmation).status_code == 403
+        assert len(aws.seen("/")) == 2
+        assert post_sns(site, bounce).json() == {"suppressed": 1, "ignored": 0}
+        assert post_sns(site, complaint).json() == {"suppressed": 1, "ignored": 0}
+        replayed = post_sns(site, complaint)
+        assert (replayed.status_code, replayed.json()) == (403, {"error": "replayed message"})
+        wrong_topic = post_sns(site, sign(signer, envelope(aws, TopicArn=OTHER_TOPIC)))
+        assert wrong_topic.status_code == 403
+
+        with site.publisher() as publisher:
+            found = {s.email: s.status for s in publisher.subscribers()}
+    assert found == {
+        "jane@example.com": SubscriberStatus.BOUNCED,
+        "mary@example.com": SubscriberStatus.ACTIVE,
+        "richard@example.com": SubscriberStatus.COMPLAINED,
+    }
+    assert len(aws.seen("/")) == 2
+    assert len(aws.seen(aws.cert_path)) == 1
+
+
+def test_from_config_is_none_without_topics(example_project: Path) -> None:
+    assert SESWebhook.from_config(load_config(example_project)) is None
+    example_project.write_text(
+        example_project.read_text() + f'\n[mail.ses]\nsns_topic_arns = ["{TOPIC}"]\n'
+    )
+    hook = SESWebhook.from_config(load_config(example_project))
+    assert hook is not None and hook.topic_arns == {TOPIC}
+    assert hook.certificate_url.match(
+        "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0123abcd.pem"
+    )
+    assert not hook.certificate_url.match("http://127.0.0.1:80/SimpleNotificationService-0.pem")
