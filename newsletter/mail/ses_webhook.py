@@ -4,7 +4,8 @@ SES publishes its bounce and complaint notifications (or a configuration set's e
 publishing) to an SNS topic; the topic has an HTTPS subscription to this endpoint. SNS posts
 one JSON document per request with ``Content-Type: text/plain; charset=UTF-8`` and the headers
 ``x-amz-sns-message-type``, ``x-amz-sns-message-id`` and ``x-amz-sns-topic-arn``, which must
-agree with the body (400 otherwise). Three ``Type``s arrive, each signed by SNS:
+agree with the body (400 otherwise; ``application/json``, which a delivery policy may
+set, is taken too, any other type is 415). Three ``Type``s arrive, each signed by SNS:
 
 - ``SubscriptionConfirmation``: confirmed by a GET of its ``SubscribeURL``; no suppression.
 - ``UnsubscribeConfirmation``: logged (bounces will stop arriving), nothing else.
