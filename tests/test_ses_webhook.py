@@ -414,13 +414,14 @@ def test_an_added_subject_is_refused(hook: SESWebhook, aws: AWS, signer: Signer)
 
 
 @pytest.mark.parametrize(
-    ("change", "expected"),
+    ("change", "expected", "fetched"),
     [
-        ({"Signature": base64.b64encode(b"\x00" * 256).decode()}, "bad signature"),
-        ({"Signature": "not base64!"}, "bad signature"),
-        ({"Signature": None}, "missing signature"),
-        ({"SignatureVersion": "3"}, "unsupported SignatureVersion"),
-        ({"SignatureVersion": 2}, "unsupported SignatureVersion"),
+        ({"Signature": base64.b64encode(b"\x00" * 256).decode()}, "bad signature", 1),
+        # What cannot be a signature costs no request for the certificate.
+        ({"Signature": "not base64!"}, "bad signature", 0),
+        ({"Signature": None}, "missing signature", 0),
+        ({"SignatureVersion": "3"}, "unsupported SignatureVersion", 0),
+        ({"SignatureVersion": 2}, "unsupported SignatureVersion", 0),
     ],
 )
 def test_a_bad_signature_is_refused(
@@ -429,10 +430,12 @@ def test_a_bad_signature_is_refused(
     signer: Signer,
     change: dict[str, Any],
     expected: str,
+    fetched: int,
 ) -> None:
     message = {**sign(signer, envelope(aws)), **change}
     error = refused(hook, request(message))
     assert (error.status_code, error.message) == (403, expected)
+    assert len(aws.seen(aws.cert_path)) == fetched
 
 
 def test_the_signature_version_decides_the_hash(hook: SESWebhook, aws: AWS, signer: Signer) -> None:

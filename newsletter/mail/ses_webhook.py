@@ -57,6 +57,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
@@ -161,12 +162,9 @@ class SESWebhook(Webhook):
         )
         if kind == "SubscriptionConfirmation":
             self._allowed(self.subscribe_url, message.get("SubscribeURL"), "SubscribeURL")
-        verify_signature(
-            signed,
-            message.get("Signature"),
-            message.get("SignatureVersion"),
-            self._public_key(cert_url),
-        )
+        # The signature is read before the certificate is fetched: junk costs no request.
+        signature = read_signature(message.get("Signature"), message.get("SignatureVersion"))
+        signature.verify(signed, self._public_key(cert_url))
         if not guard.claim(message["MessageId"], keep=REPLAY_KEEP):
             raise Refused(403, "replayed message")
         if kind == "SubscriptionConfirmation":
@@ -314,26 +312,38 @@ def load_certificate_key(pem: bytes) -> RSAPublicKey:
     return key
 
 
-def verify_signature(signed: bytes, signature: Any, version: Any, key: RSAPublicKey) -> None:
-    """``Refused`` (403) unless ``signature`` (base64) signs ``signed`` with ``key``:
-    SHA1withRSA for ``SignatureVersion`` "1", SHA256withRSA for "2"."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
+@dataclass(frozen=True)
+class Signature:
+    """A message's signature, decoded, and the hash its ``SignatureVersion`` names."""
 
-    algorithm: hashes.HashAlgorithm
-    if version == "1":
-        algorithm = hashes.SHA1()  # noqa: S303 - SNS's SignatureVersion 1 is SHA1withRSA
-    elif version == "2":
-        algorithm = hashes.SHA256()
-    else:
+    raw: bytes
+    version: str
+
+    def verify(self, signed: bytes, key: RSAPublicKey) -> None:
+        """``Refused`` (403) unless this signs ``signed`` with ``key``: SHA1withRSA for
+        ``SignatureVersion`` "1", SHA256withRSA for "2"."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        # SignatureVersion 1 is SHA1withRSA, SNS's own choice.
+        sha1 = self.version == "1"
+        algorithm = hashes.SHA1() if sha1 else hashes.SHA256()  # noqa: S303
+        try:
+            key.verify(self.raw, signed, padding.PKCS1v15(), algorithm)
+        except InvalidSignature as e:
+            raise Refused(403, "bad signature") from e
+
+
+def read_signature(signature: Any, version: Any) -> Signature:
+    """``Signature`` (base64) and ``SignatureVersion`` ("1" or "2"); ``Refused`` (403) else."""
+    if version not in ("1", "2"):
         raise Refused(403, "unsupported SignatureVersion")
     if not isinstance(signature, str):
         raise Refused(403, "missing signature")
     try:
-        raw = base64.b64decode(signature, validate=True)
-        key.verify(raw, signed, padding.PKCS1v15(), algorithm)
-    except (binascii.Error, InvalidSignature) as e:
+        return Signature(base64.b64decode(signature, validate=True), version)
+    except binascii.Error as e:
         raise Refused(403, "bad signature") from e
 
 
