@@ -43,6 +43,10 @@ PM_USER, PM_PASSWORD = "postmark-hook", "s3cret:with:colons"
 MAILGUN_KEY = "mailgun-signing-key-for-tests"
 ADDRESSES = ("hard@example.com", "soft@example.com", "spam@example.com", "fine@example.com")
 
+SES_TABLE = """
+[mail.ses]
+sns_topic_arns = ["arn:aws:sns:us-east-1:123456789012:newsletter-ses-events"]
+"""
 WEB = """
 postmark_webhook_user_env = "TEST_PM_USER"
 postmark_webhook_password_env = "TEST_PM_PASSWORD"
@@ -74,6 +78,8 @@ def site(
     monkeypatch.setenv("TEST_PM_PASSWORD", PM_PASSWORD)
     monkeypatch.setenv("TEST_SG_KEY", public_key_text(sendgrid_key))
     monkeypatch.setenv("TEST_MG_KEY", MAILGUN_KEY)
+    # SES's webhook is on too (tests/test_ses_webhook.py signs for it): every one is served.
+    example_project.write_text(example_project.read_text() + SES_TABLE)
     with running_site(example_project, web=WEB) as running:
         with running.publisher() as publisher:
             for address in ADDRESSES:
@@ -367,7 +373,7 @@ def test_suppressed_addresses_never_come_back(site: Running, tmp_path: Path) -> 
 
 def test_unconfigured_webhooks_are_not_served(example_project: Path) -> None:
     with running_site(example_project) as site:
-        for provider in ("postmark", "sendgrid", "mailgun"):
+        for provider in ("postmark", "sendgrid", "mailgun", "ses"):
             response = requests.post(f"{site.url}/webhooks/{provider}", json={}, timeout=10)
             assert response.status_code == 404, provider
 

@@ -325,6 +325,7 @@ class Answer:
 class SESBackend(HttpBackend):
     name = "ses"
     Settings = SESSettings
+    webhook = "newsletter.mail.ses_webhook:SESWebhook"
     label = "Amazon SES"
     max_batch_size = MAX_ENTRIES
     idempotent = False  # SES has no idempotency key: a lost answer leaves a batch uncertain
