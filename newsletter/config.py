@@ -389,7 +389,7 @@ class Table:
         """An absolute http(s) URL, without a trailing slash."""
         value = self.text(key, default)
         if isinstance(value, str):
-            if not _is_http_url(value):
+            if not is_http_url(value):
                 raise self.error(key, f"expected an absolute http(s) URL, got {value!r}")
             return value.rstrip("/")
         return value
@@ -526,7 +526,7 @@ def parse_config(text: str, file: Path | None = None) -> Config:
             "archive_page_size",
             f"must not exceed max_items ({feeds.max_items}), got {feeds.page_size}",
         )
-    if feeds.websub_hub is not None and not _is_http_url(feeds.websub_hub):
+    if feeds.websub_hub is not None and not is_http_url(feeds.websub_hub):
         raise feeds_t.error(
             "websub_hub", f"expected an absolute http(s) URL, got {feeds.websub_hub!r}"
         )
@@ -588,7 +588,7 @@ def _newsletter(t: Table) -> NewsletterSettings:
         "secret_env",
     )
     site_url = t.text("site_url")
-    if not _is_http_url(site_url):
+    if not is_http_url(site_url):
         raise t.error("site_url", f"expected an absolute http(s) URL, got {site_url!r}")
     if not site_url.endswith("/"):
         site_url += "/"
@@ -872,7 +872,8 @@ def _storage_url(t: Table, loader: _Loader) -> str:
     return f"sqlite:///{file}"
 
 
-def _is_http_url(value: str) -> bool:
+def is_http_url(value: str) -> bool:
+    """An absolute http(s) URL (public: the source kinds and backends check theirs with it)."""
     try:
         parts = urlsplit(value)
     except ValueError:  # "http://[::1" is an invalid IPv6 URL to urlsplit

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from newsletter.config import Table, _is_http_url
+from newsletter.config import Table, is_http_url
 from newsletter.sources import COMMON_KEYS
 
 __all__ = ["FeedSettings", "FetchSettings", "FolderSettings"]
@@ -58,7 +58,7 @@ class FetchSettings:
         if (url is None) == (path is None):
             kind = t.data.get("kind")
             raise t.error("url", f"a {kind} source needs exactly one of `url` or `path`")
-        if url is not None and not _is_http_url(url):
+        if url is not None and not is_http_url(url):
             raise t.error("url", f"expected an http(s) URL, got {url!r}")
         return {
             "url": url,
