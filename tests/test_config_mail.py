@@ -243,12 +243,11 @@ class _PigeonSettings(BackendSettings):
         return cls(loft=t.text("loft", "roof"))
 
 
-class _Pigeon(MailBackend):
+class _Pigeon(MailBackend, settings=_PigeonSettings):
     """A backend living outside the package (a plugin): registered, it is configured by its own
     table like the built-in ones, without any change to ``config``."""
 
     name = "pigeon"
-    Settings = _PigeonSettings
 
     @classmethod
     def from_config(cls, config: Config) -> _Pigeon:

@@ -1,8 +1,9 @@
 """Mail backends, found through one registry: ``BACKENDS`` names each one's class.
 
-A backend is a module beside this one holding a ``MailBackend`` subclass with its own
-``Settings`` (a frozen dataclass that parses and validates the ``[mail.<name>]`` table) and,
-when the provider reports bounces and complaints, the import path of its ``webhook``. Adding
+A backend is a module beside this one holding a ``MailBackend`` subclass whose class header
+names its own settings class (``settings=``, a frozen dataclass that parses and validates the
+``[mail.<name>]`` table; ``Settings`` on the class) and, when the provider reports bounces and
+complaints, the import path of its webhook (``webhook=``). Adding
 one is that module and one line in ``BACKENDS``; ``config``, ``serve`` and the CLI find it
 here. Modules are imported only when their backend is chosen or configured.
 

@@ -169,7 +169,14 @@ class BackendSettings:
 
 
 class MailBackend(abc.ABC):
-    """One way of delivering mail. Subclasses set the class attributes and ``send_batch``."""
+    """One way of delivering mail. Subclasses set the class attributes and ``send_batch``.
+
+    What a backend is plugged into is said in its class header, the provider's facts (limits,
+    endpoint) in its body: ``class MailgunBackend(HttpBackend, settings=MailgunSettings,
+    webhook="newsletter.mail.mailgun_webhook:MailgunWebhook")``. ``settings`` is the class
+    that reads ``[mail.<name>]`` (``Settings``), ``webhook`` the import path of the provider's
+    webhook; a subclass that names neither keeps its base's.
+    """
 
     name: ClassVar[str] = "base"
     Settings: ClassVar[type[BackendSettings]] = BackendSettings  # parses [mail.<name>]
@@ -179,6 +186,19 @@ class MailBackend(abc.ABC):
     idempotency_window: ClassVar[timedelta | None] = None
     # "module:Class" of the provider's ``mail.webhook.Webhook``, imported only when served.
     webhook: ClassVar[str | None] = None
+
+    def __init_subclass__(
+        cls,
+        *,
+        settings: type[BackendSettings] | None = None,
+        webhook: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if settings is not None:
+            cls.Settings = settings
+        if webhook is not None:
+            cls.webhook = webhook
 
     def __init__(
         self,

@@ -273,7 +273,7 @@ class HttpProviderSettings(BackendSettings):
         return cls(**cls.parse_common(t, selected))
 
 
-class HttpBackend(MailBackend):
+class HttpBackend(MailBackend, settings=HttpProviderSettings):
     """A backend that sends through a provider's HTTP API: ``open`` creates one ``HttpClient``
     (its pool sized to ``concurrency``), ``close`` closes it.
 
@@ -284,7 +284,6 @@ class HttpBackend(MailBackend):
     parses the answer (``parse``; ``refusal`` and ``rejected`` for its error body).
     """
 
-    Settings = HttpProviderSettings
     default_base_url: ClassVar[str]
     endpoint: str  # the path under the base URL
     label: ClassVar[str]  # the provider's name in messages ("over Postmark's limit")

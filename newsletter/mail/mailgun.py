@@ -91,10 +91,10 @@ class MailgunSettings(HttpProviderSettings):
         )
 
 
-class MailgunBackend(HttpBackend):
-    Settings = MailgunSettings
+class MailgunBackend(
+    HttpBackend, settings=MailgunSettings, webhook="newsletter.mail.mailgun_webhook:MailgunWebhook"
+):
     name = "mailgun"
-    webhook = "newsletter.mail.mailgun_webhook:MailgunWebhook"
     label = "Mailgun"
     max_batch_size = 1000
     idempotent = False  # Mailgun has no idempotency key

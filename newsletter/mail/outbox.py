@@ -57,9 +57,8 @@ class OutboxSettings(BackendSettings):
         return cls(outbox_dir=t.dir_value("outbox_dir", "outbox"))
 
 
-class OutboxBackend(MailBackend):
+class OutboxBackend(MailBackend, settings=OutboxSettings):
     name = "outbox"
-    Settings = OutboxSettings
     max_batch_size = 1000
     idempotent = True  # a rewrite of the same file is harmless
 

@@ -87,10 +87,12 @@ class PostmarkSettings(HttpProviderSettings):
         )
 
 
-class PostmarkBackend(HttpBackend):
+class PostmarkBackend(
+    HttpBackend,
+    settings=PostmarkSettings,
+    webhook="newsletter.mail.postmark_webhook:PostmarkWebhook",
+):
     name = "postmark"
-    Settings = PostmarkSettings
-    webhook = "newsletter.mail.postmark_webhook:PostmarkWebhook"
     label = "Postmark"
     max_batch_size = 500
     idempotent = False  # Postmark has no idempotency key: a lost answer leaves a batch uncertain

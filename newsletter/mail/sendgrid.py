@@ -85,10 +85,12 @@ class SendGridSettings(HttpProviderSettings):
         return cls(**cls.parse_common(t, selected), webhook_key_env=t.env_name("webhook_key_env"))
 
 
-class SendGridBackend(HttpBackend):
-    Settings = SendGridSettings
+class SendGridBackend(
+    HttpBackend,
+    settings=SendGridSettings,
+    webhook="newsletter.mail.sendgrid_webhook:SendGridWebhook",
+):
     name = "sendgrid"
-    webhook = "newsletter.mail.sendgrid_webhook:SendGridWebhook"
     label = "SendGrid"
     max_batch_size = 1000
     idempotent = False  # SendGrid has no idempotency key

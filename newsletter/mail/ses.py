@@ -322,10 +322,10 @@ class Answer:
     message_id: str | None
 
 
-class SESBackend(HttpBackend):
+class SESBackend(
+    HttpBackend, settings=SESSettings, webhook="newsletter.mail.ses_webhook:SESWebhook"
+):
     name = "ses"
-    Settings = SESSettings
-    webhook = "newsletter.mail.ses_webhook:SESWebhook"
     label = "Amazon SES"
     max_batch_size = MAX_ENTRIES
     idempotent = False  # SES has no idempotency key: a lost answer leaves a batch uncertain

@@ -146,8 +146,7 @@ class SMTPSettings(BackendSettings):
         return settings
 
 
-class SMTPBackend(MailBackend):
-    Settings = SMTPSettings
+class SMTPBackend(MailBackend, settings=SMTPSettings):
     name = "smtp"
     # A batch is only bookkeeping here (SMTP sends one message per transaction): the ledger
     # claims and records it in two database transactions, negligible next to 100 SMTP

@@ -9,8 +9,8 @@ pure: no web framework and no database. ``newsletter.web.webhooks`` serves them 
 ``Suppression``s it returns.
 
 Which webhooks exist follows from the backend registry (``newsletter.mail.BACKENDS``): a
-backend class names its webhook in its ``webhook`` attribute (``"module:Class"``, imported
-only when asked for); ``webhook_class(name)`` finds it.
+backend class names its webhook in its header (``webhook="module:Class"``, kept as its
+``webhook`` attribute and imported only when asked for); ``webhook_class(name)`` finds it.
 
 Status codes a webhook raises through ``Refused``: 400 for a body it cannot read, 401/403 for
 a missing or bad credential or signature. A secret that is not available is a ``ConfigError``
