@@ -5,6 +5,9 @@ Pages are files under tests/data/fulltext served by a loopback server; nothing i
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +19,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
-from newsletter.config import HttpSettings, SourceConfig
+from newsletter.config import HttpSettings, SourceConfig, load_config
+from newsletter.core import make_publisher
+from newsletter.exceptions import ConfigError
 from newsletter.gather import gather
 from newsletter.sources import Source, make_source
 from newsletter.sources.extract import extract_article
@@ -202,6 +207,21 @@ def test_a_summary_only_item_gets_the_article_from_its_page(
     assert request.headers["accept"].startswith("text/html")
 
 
+def test_a_hostile_page_is_cleaned_on_its_way_into_storage(
+    server: LoopbackServer, session: requests.Session, storage: SqlStorage
+) -> None:
+    page = server.route("/reservoirs", Reply(200, HOSTILE.encode(), {"Content-Type": "text/html"}))
+    feed = server.route("/feed.xml", Reply(200, rss(item("r", page, title="Reservoirs"))))
+
+    (result,) = gather([feed_source(session, feed)], storage)
+
+    assert result.ok and result.warning is None
+    content = stored(storage)["r"].content
+    assert "hosepipe ban" in content
+    for bad in ("<script", "alert", "javascript:", "onclick", "onerror", "<iframe", "evil"):
+        assert bad not in content, bad
+
+
 def test_auto_always_and_never(
     server: LoopbackServer, session: requests.Session, storage: SqlStorage
 ) -> None:
@@ -349,3 +369,102 @@ def test_page_cache_is_replaced_per_source(db_url: str) -> None:
         assert s.cached_pages("three") == {}
     finally:
         s.close()
+
+
+# --- through the config, the published feeds, the digest and ``newsletter status`` ---------------
+
+PROJECT = """\
+[newsletter]
+title = "Harbour Weekly"
+site_url = "https://weekly.example.org/"
+sender = "Harbour Weekly <weekly@weekly.example.org>"
+postal_address = "1 Quay Street, Porthaven"
+
+[[sources]]
+name = "Herald"
+kind = "feed"
+url = "{feed}"
+full_text = "auto"
+full_text_min_chars = 400
+
+[feeds]
+output_dir = "feeds"
+
+[digest]
+lookback_hours = 100000
+
+[mail]
+backend = "outbox"
+[mail.outbox]
+outbox_dir = "outbox"
+
+[storage]
+path = "news.db"
+"""
+
+
+def test_feeds_and_digest_carry_what_the_page_gave_and_status_shows_the_warning(
+    tmp_path: Path, server: LoopbackServer
+) -> None:
+    page = server.route("/story", Reply(200, STORY.encode(), {"Content-Type": "text/html"}))
+    gone = server.url("/gone")
+    feed = server.route(
+        "/feed.xml", Reply(200, rss(item("coastal-1", page), item("b", gone, title="Gone")))
+    )
+    config = tmp_path / "newsletter.toml"
+    config.write_text(PROJECT.format(feed=feed))
+    publisher = make_publisher(load_config(config))
+    try:
+        (result,) = publisher.gather()
+        assert result.ok and result.new == 2
+        publisher.build_feeds()
+        digest = publisher.render_next_digest(force=True)
+    finally:
+        publisher.close()
+
+    rss_feed = (tmp_path / "feeds" / "rss.xml").read_text()
+    assert "Construction is expected to begin next spring" in rss_feed
+    assert "where the barrier gates will stand." in rss_feed  # the caption
+    assert "All rights reserved" not in rss_feed and "Most read" not in rss_feed
+    assert digest is not None
+    assert "Maria Okafor" in digest.html  # the page's byline, which the feed lacked
+    assert 'src="https://news.example/img/barrier-lead.jpg"' in digest.html
+
+    status = subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(config), "status"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "300"},
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    assert f"item {gone}: full text not fetched (HTTP 404 Not Found)" in status.stdout
+
+
+def test_full_text_keys_are_checked_with_file_and_line(tmp_path: Path) -> None:
+    config = tmp_path / "newsletter.toml"
+    text = PROJECT.format(feed="https://news.example/feed.xml")
+    config.write_text(text)
+    options = load_config(config).sources[0].options
+    assert isinstance(options, FeedSettings)
+    assert (options.full_text, options.full_text_min_chars) == ("auto", 400)
+    assert FeedSettings().full_text == "never"  # a page is fetched only when asked for
+
+    config.write_text(text.replace('full_text = "auto"', 'full_text = "sometimes"'))
+    line = text.splitlines().index('full_text = "auto"') + 1
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert str(info.value) == (
+        f"{config}:{line}: sources[0].full_text: expected one of never, auto, always, "
+        "got 'sometimes'"
+    )
+    config.write_text(text.replace("full_text_min_chars = 400", "full_text_min_chars = -1"))
+    with pytest.raises(ConfigError, match=r":\d+: sources\[0\]\.full_text_min_chars: must be"):
+        load_config(config)
+    folder = text.replace(
+        'kind = "feed"\nurl = "https://news.example/feed.xml"', 'kind = "folder"\npath = "."'
+    )
+    config.write_text(folder)
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.full_text: unknown key"):
+        load_config(config)
