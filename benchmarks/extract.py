@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import lxml.html  # noqa: E402
 from trafilatura import bare_extraction  # noqa: E402
 
-from newsletter.sources.extract import extract_article  # noqa: E402
+from newsletter.sources.extract import EXTRACTION_OPTIONS, extract_article  # noqa: E402
 
 PAGES = ROOT / "tests" / "data" / "fulltext"
 URL = "https://news.example/2026/03/tidal-barrier"
@@ -80,16 +80,7 @@ def main() -> None:
     for name, html in pages.items():
         steps: dict[str, Callable[[], object]] = {
             "parse": lambda html=html: lxml.html.document_fromstring(html),
-            "trafilatura": lambda html=html: bare_extraction(
-                html,
-                url=URL,
-                with_metadata=True,
-                include_comments=False,
-                include_images=True,
-                include_links=True,
-                include_formatting=True,
-                output_format="html",
-            ),
+            "trafilatura": lambda html=html: bare_extraction(html, url=URL, **EXTRACTION_OPTIONS),
             "extract_article": lambda html=html: extract_article(html, URL),
         }
         kb = len(html.encode()) / 1024

@@ -28,7 +28,7 @@ from newsletter.sources.extract import extract_article
 from newsletter.sources.fulltext import PER_HOST
 from newsletter.sources.settings import FeedSettings
 from newsletter.storage import SqlStorage
-from newsletter.types import Article, CachedPage, Extracted, FetchResult
+from newsletter.types import Article
 from tests._http import LoopbackServer, Reply, Seen, conditional
 
 DATA = Path(__file__).parent / "data" / "fulltext"
@@ -46,14 +46,6 @@ BOILERPLATE = (
     "All rights reserved",  # footer
     "Cookie settings",  # footer
 )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'pages.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 # --- extract_article -----------------------------------------------------------------------------
@@ -335,40 +327,6 @@ def test_page_fetches_are_concurrent_and_bounded_per_host(
     assert peak["a"] == PER_HOST == 2
     assert peak["b"] == 2
     assert peak["all"] == 4  # both hosts at once
-
-
-def test_page_cache_is_replaced_per_source(db_url: str) -> None:
-    page = CachedPage(
-        url="https://news.example/a",
-        fetched=datetime(2026, 3, 14, 9, 0, tzinfo=UTC),
-        etag='"e1"',
-        last_modified="Sat, 14 Mar 2026 09:00:00 GMT",
-        article=Extracted(
-            title="T",
-            author="A",
-            published=datetime(2026, 3, 14, 8, 30, tzinfo=UTC),
-            content_html="<p>Body</p>",
-            image_url="https://news.example/i.jpg",
-            image_caption="Caption",
-            text_length=4,
-        ),
-    )
-    empty = CachedPage(url="https://news.example/b", fetched=page.fetched)
-    s = SqlStorage(db_url)
-    try:
-        now = page.fetched
-        for name in ("one", "two"):
-            s.sync_source(name, "https://news.example/feed")
-            s.store_fetch(name, FetchResult(pages=(page, empty)), [], now, backfill=False)
-        assert s.cached_pages("one") == {page.url: page, empty.url: empty}
-        # A fetch that returned other pages replaces the source's set; None leaves it alone.
-        s.store_fetch("one", FetchResult(pages=(empty,)), [], now, backfill=False)
-        s.store_fetch("one", FetchResult(), [], now, backfill=False)
-        assert s.cached_pages("one") == {empty.url: empty}
-        assert s.cached_pages("two") == {page.url: page, empty.url: empty}
-        assert s.cached_pages("three") == {}
-    finally:
-        s.close()
 
 
 # --- through the config, the published feeds, the digest and ``newsletter status`` ---------------

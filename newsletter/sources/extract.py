@@ -42,12 +42,23 @@ from newsletter.types import Extracted
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_TEXT_CHARS", "Extracted", "extract_article"]
+__all__ = ["EXTRACTION_OPTIONS", "MIN_TEXT_CHARS", "Extracted", "extract_article"]
 
 # htmldate's output format: the time and offset when the page gives them (its default, a bare
 # date, would make every article published at midnight).
 _DATE_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 _HEADINGS = frozenset({"h1", "h2"})
+# What trafilatura is asked for: metadata, links, images and formatting kept, comments not.
+EXTRACTION_OPTIONS: dict[str, Any] = {
+    "with_metadata": True,
+    "include_comments": False,
+    "include_images": True,
+    "include_links": True,
+    "include_formatting": True,
+    "include_tables": True,
+    "output_format": "html",
+    "date_extraction_params": {"original_date": True, "outputformat": _DATE_FORMAT},
+}
 # Less text than this is a menu or a cookie notice that trafilatura's fallback picked up, not an
 # article: a sentence or two at least.
 MIN_TEXT_CHARS = 80
@@ -65,18 +76,7 @@ def extract_article(html: str, url: str, *, title: str | None = None) -> Extract
     if page is None:
         return None
     try:
-        document = bare_extraction(
-            page,
-            url=url,
-            with_metadata=True,
-            include_comments=False,
-            include_images=True,
-            include_links=True,
-            include_formatting=True,
-            include_tables=True,
-            output_format="html",
-            date_extraction_params={"original_date": True, "outputformat": _DATE_FORMAT},
-        )
+        document = bare_extraction(page, url=url, **EXTRACTION_OPTIONS)
     except (ValueError, TypeError, etree.LxmlError):
         # bare_extraction catches these itself for most pages; a few paths (metadata of an odd
         # document) let them through. Either way: no article in this page.
@@ -92,8 +92,10 @@ def extract_article(html: str, url: str, *, title: str | None = None) -> Extract
     page_title = clean_line(document.title or "") or None
     _drop_repeated_heading(body, (title, page_title))
     figure = _first_figure(page, url)
-    if figure is not None:
-        _restore_caption(body, figure, url)
+    # A figure neither kept in the body nor inside the article (a header's, an ad's) is not
+    # the article's: neither its caption nor its image is used.
+    if figure is not None and not _restore_caption(body, figure, url):
+        figure = None
     for link in body.iter("a"):
         link.set("href", _untracked(link.get("href") or ""))
     inner = (body.text or "") + "".join(
@@ -152,14 +154,15 @@ def _image_source(img: Any) -> str:
     return srcset.split(",")[0].split()[0] if srcset else ""
 
 
-def _restore_caption(body: Any, figure: _Figure, url: str) -> None:
+def _restore_caption(body: Any, figure: _Figure, url: str) -> bool:
     """Put the first figure, with its caption, where trafilatura left its bare image (or at the
-    top of the body when it dropped an image that stood inside the article)."""
+    top of the body when it dropped an image that stood inside the article). False when the
+    figure was neither."""
     kept = next(
         (img for img in body.iter("img") if _http_url(img.get("src"), url) == figure.src), None
     )
     if kept is None and not figure.in_article:
-        return
+        return False
     element = etree.Element("figure")
     img = etree.SubElement(element, "img", src=figure.src)
     if figure.alt:
@@ -176,8 +179,9 @@ def _restore_caption(body: Any, figure: _Figure, url: str) -> None:
             element.tail = kept.tail
         if parent is not None:
             parent.replace(kept, element)
-        return
+        return True
     body.insert(0, element)
+    return True
 
 
 def _has_text(element: Any) -> bool:

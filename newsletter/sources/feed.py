@@ -26,7 +26,7 @@ import logging
 import xml.sax
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import feedparser
 import requests
@@ -35,9 +35,11 @@ from newsletter.config import HttpSettings, SourceConfig
 from newsletter.exceptions import ConfigError, SourceError
 from newsletter.sources import SourceContext
 from newsletter.sources.fetch import Fetcher, is_http
-from newsletter.sources.fulltext import FullText
 from newsletter.sources.settings import FeedSettings
 from newsletter.types import EntryData, FetchResult, SourceState
+
+if TYPE_CHECKING:
+    from newsletter.sources.fulltext import FullText
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +70,13 @@ class FeedSource:
         self.location = config.location
         self._options = options
         self._fetcher = Fetcher(session, user_agent=http.user_agent, accept=_ACCEPT)
-        self._full_text = (
-            None
-            if options.full_text == "never"
-            else FullText(
+        self._full_text: FullText | None = None
+        if options.full_text != "never":
+            # Imported only when asked for: the extractor (trafilatura, htmldate, courlan)
+            # costs a few hundred milliseconds to import.
+            from newsletter.sources.fulltext import FullText
+
+            self._full_text = FullText(
                 session,
                 user_agent=http.user_agent,
                 mode=options.full_text,
@@ -79,7 +84,6 @@ class FeedSource:
                 timeout=options.timeout,
                 max_bytes=options.max_bytes,
             )
-        )
 
     @classmethod
     def from_config(cls, config: SourceConfig, context: SourceContext) -> Self:
