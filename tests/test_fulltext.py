@@ -86,6 +86,24 @@ def test_story_keeps_the_caption_and_the_lead_image() -> None:
     assert fallback.image_url == "https://news.example/img/barrier-site.jpg"
 
 
+def test_a_figure_outside_the_article_is_not_its_image() -> None:
+    ad = (
+        '<figure class="ad"><img src="/ads/banner.gif" alt="Advert">'
+        "<figcaption>Advertisement</figcaption></figure>"
+    )
+    page = STORY.replace('<div class="promo">', ad + '<div class="promo">')
+    page = page.replace('<meta property="og:image"', '<meta property="og:nothing"')
+    article = extract_article(page, STORY_URL)
+    assert article is not None
+    # The article's own figure is the first one that counts.
+    assert article.image_url == "https://news.example/img/barrier-site.jpg"
+    assert article.image_caption == (
+        "The harbour mouth at low tide, where the barrier gates will stand."
+    )
+    assert "banner.gif" not in article.content_html
+    assert "Advertisement" not in article.content_html
+
+
 def test_tracking_parameters_are_stripped_from_links() -> None:
     article = extract_article(STORY, STORY_URL)
     assert article is not None

@@ -23,8 +23,10 @@ deciding when a page is worth fetching, caching, or merging the result into a fe
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from html import escape
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -68,9 +70,8 @@ def extract_article(html: str, url: str, *, title: str | None = None) -> Extract
     """The article in the page ``html`` found at ``url``, or None when there is none.
 
     ``title`` is the title the page's article is known by elsewhere (the feed entry's): a
-    leading heading repeating it, or the page's own title, is removed from the body. Raises
-    nothing for any HTML; what cannot be parsed, or holds less than ``MIN_TEXT_CHARS`` of main
-    text, gives None.
+    leading heading repeating it, or the page's own title, is removed from the body. A page
+    that cannot be parsed, or holds less than ``MIN_TEXT_CHARS`` of main text, gives None.
     """
     page = load_html(html)
     if page is None:
@@ -91,14 +92,13 @@ def extract_article(html: str, url: str, *, title: str | None = None) -> Extract
         return None
     page_title = clean_line(document.title or "") or None
     _drop_repeated_heading(body, (title, page_title))
-    figure = _first_figure(page, url)
-    # A figure neither kept in the body nor inside the article (a header's, an ad's) is not
-    # the article's: neither its caption nor its image is used.
-    if figure is not None and not _restore_caption(body, figure, url):
-        figure = None
+    # The article's first figure: a figure neither kept in the body nor inside the article (a
+    # header's, an ad's) is passed over.
+    figure = next((f for f in _figures(page, url) if _restore_caption(body, f, url)), None)
     for link in body.iter("a"):
-        link.set("href", _untracked(link.get("href") or ""))
-    inner = (body.text or "") + "".join(
+        if link.get("href"):
+            link.set("href", _untracked(link.get("href")))
+    inner = escape(body.text or "", quote=False) + "".join(
         etree.tostring(child, encoding="unicode", method="html") for child in body
     )
     content = sanitize_html(inner, url)
@@ -128,8 +128,8 @@ class _Figure:
     in_article: bool  # inside the page's <article> or <main>
 
 
-def _first_figure(page: HtmlElement, url: str) -> _Figure | None:
-    """The first ``<figure>`` of the page that holds an image, with its caption."""
+def _figures(page: HtmlElement, url: str) -> Iterator[_Figure]:
+    """The page's ``<figure>`` elements that hold an image, in order, with their captions."""
     for figure in page.iter("figure"):
         for img in figure.iter("img"):
             src = _http_url(_image_source(img), url)
@@ -140,8 +140,8 @@ def _first_figure(page: HtmlElement, url: str) -> _Figure | None:
                 clean_line(caption_element.text_content()) if caption_element is not None else ""
             )
             in_article = any(a.tag in ("article", "main") for a in figure.iterancestors())
-            return _Figure(src, clean_line(img.get("alt") or ""), caption or None, in_article)
-    return None
+            yield _Figure(src, clean_line(img.get("alt") or ""), caption or None, in_article)
+            break
 
 
 def _image_source(img: Any) -> str:
