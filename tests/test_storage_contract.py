@@ -27,11 +27,14 @@ from newsletter.gather import store_articles
 from newsletter.storage import SqlStorage, schema
 from newsletter.types import (
     ArticleData,
+    CachedPage,
     ClaimedRecipient,
     DeliveryResult,
     DeliveryStatus,
     Digest,
     DigestStatus,
+    Extracted,
+    FetchResult,
     RunStatus,
     SubscriberStatus,
 )
@@ -486,3 +489,34 @@ def test_a_database_that_refuses_the_connection_is_named_with_the_drivers_reason
     assert message.startswith("cannot open database postgresql+psycopg://")
     assert 'database "no_such_db" does not exist' in message
     assert "Background on this error" not in message and "\n" not in message
+
+
+def test_page_cache_is_replaced_per_source(storage: SqlStorage) -> None:
+    """The full-text page cache: a fetch's pages replace the source's, other sources keep theirs."""
+    page = CachedPage(
+        url="https://news.example/a",
+        fetched=datetime(2026, 3, 14, 9, 0, tzinfo=UTC),
+        etag='"e1"',
+        last_modified="Sat, 14 Mar 2026 09:00:00 GMT",
+        article=Extracted(
+            title="T",
+            author="A",
+            published=datetime(2026, 3, 14, 8, 30, tzinfo=UTC),
+            content_html="<p>Body</p>",
+            image_url="https://news.example/i.jpg",
+            image_caption="Caption",
+            text_length=4,
+        ),
+    )
+    empty = CachedPage(url="https://news.example/b", fetched=page.fetched)
+    now = page.fetched
+    for name in ("one", "two"):
+        storage.sync_source(name, "https://news.example/feed")
+        storage.store_fetch(name, FetchResult(pages=(page, empty)), [], now, backfill=False)
+    assert storage.cached_pages("one") == {page.url: page, empty.url: empty}
+    # A fetch that returned other pages replaces the source's set; None leaves it alone.
+    storage.store_fetch("one", FetchResult(pages=(empty,)), [], now, backfill=False)
+    storage.store_fetch("one", FetchResult(), [], now, backfill=False)
+    assert storage.cached_pages("one") == {empty.url: empty}
+    assert storage.cached_pages("two") == {page.url: page, empty.url: empty}
+    assert storage.cached_pages("three") == {}
