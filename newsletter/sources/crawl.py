@@ -239,10 +239,21 @@ class Crawler:
 
     # --- the articles --------------------------------------------------------------------------
 
-    def new_links(self, links: Sequence[Link], limit: int) -> list[Link]:
-        """The first ``limit`` of ``links`` whose article is not stored yet."""
+    def new_links(self, links: Sequence[Link], limit: int) -> tuple[list[Link], list[str]]:
+        """The first ``limit`` of ``links`` whose article is not stored yet and that robots.txt
+        lets us fetch, and a problem for each link it does not (they do not count against
+        ``limit``: a listing full of members-only links still gives its public ones)."""
         stored = self._stored(self._source, [link.url for link in links]) if self._stored else ()
-        return [link for link in links if link.url not in stored][:limit]
+        chosen: list[Link] = []
+        problems: list[str] = []
+        for link in links:
+            if link.url in stored:
+                continue
+            if not self.allowed(link.url):
+                problems.append(f"item {link.url}: robots.txt disallows it")
+            elif len(chosen) < limit:
+                chosen.append(link)
+        return chosen, problems
 
     def articles(self, links: Sequence[Link]) -> tuple[list[EntryData], list[str]]:
         """Fetch and extract each link's article. Returns the entries and, per link that gave

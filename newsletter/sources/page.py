@@ -78,16 +78,15 @@ class PageSource:
         problems: list[str] = []
         if not links:
             problems.append("no article links on the page (check link_selector and link_pattern)")
-        entries, failed = self._crawler.articles(
-            self._crawler.new_links(links, self._options.max_links)
-        )
+        chosen, refused = self._crawler.new_links(links, self._options.max_links)
+        entries, failed = self._crawler.articles(chosen)
         return FetchResult(
             entries=tuple(entries),
             etag=listing.etag,
             last_modified=listing.last_modified,
             permanent_url=listing.permanent_url,
             base_url=listing.url,
-            warning=summarize([*problems, *failed]),
+            warning=summarize([*problems, *refused, *failed]),
         )
 
 

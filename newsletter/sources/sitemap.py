@@ -105,16 +105,15 @@ class SitemapSource:
                 problems.append(f"sitemap {child.url}: {e.message}")
         if self._pattern is not None:
             pages = [p for p in pages if self._pattern.search(p.url)]
-        entries, failed = self._crawler.articles(
-            self._crawler.new_links(_newest(_unique(pages)), self._options.max_links)
-        )
+        chosen, refused = self._crawler.new_links(_newest(_unique(pages)), self._options.max_links)
+        entries, failed = self._crawler.articles(chosen)
         return FetchResult(
             entries=tuple(entries),
             etag=top.etag,
             last_modified=top.last_modified,
             permanent_url=top.permanent_url,
             base_url=top.url,
-            warning=summarize([*problems, *failed]),
+            warning=summarize([*problems, *refused, *failed]),
         )
 
     def _parse(self, body: bytes, url: str) -> Sitemap:
