@@ -5,9 +5,10 @@ settings class lives) and building a source from its ``SourceConfig`` (``make_so
 kind owns its ``[[sources]]`` keys: its settings class (``SourceSettings``) parses and checks
 them, and names the class that reads the source. The built-in kinds keep their settings in
 ``settings`` (light to import, so loading a config does not import feedparser or a Markdown
-parser) and their readers in ``feed`` and ``folder``; a kind that reads a URL or a file gets its
-bytes through ``fetch`` (conditional GET, remembered redirects, size cap, total deadline,
-charset), whose settings (``settings.FetchSettings``) it can reuse.
+parser) and their readers in ``feed``, ``folder``, ``page`` and ``sitemap``; a kind that reads
+a URL or a file gets its bytes through ``fetch`` (conditional GET, remembered redirects, size
+cap, total deadline, charset), whose settings (``settings.FetchSettings``) it can reuse, and a
+kind that crawls web pages goes through ``crawl`` (robots.txt, one request at a time per host).
 
 A kind outside this package registers itself with ``register_kind`` (from a test, or from the
 module an installed plugin's ``newsletter.sources`` entry point names: entry points are read
