@@ -21,22 +21,12 @@ import pytest
 from newsletter.config import load_config
 from newsletter.core import make_publisher
 from newsletter.exceptions import ConfigError
+from newsletter.sources.sitemap import parse_sitemap
 from newsletter.types import Article, GatherResult
 from tests._http import LoopbackServer, Reply, Route, Seen, conditional
+from tests.test_source_kinds import HEAD as KINDS_HEAD
 
-HEAD = """\
-[newsletter]
-title = "T"
-site_url = "https://example.com"
-sender = "T <t@example.com>"
-postal_address = "1 Street"
-
-[storage]
-path = "n.db"
-
-[http]
-per_host_delay_seconds = {delay}
-"""
+HEAD = KINDS_HEAD + "\n[http]\nper_host_delay_seconds = {delay}\n"
 HTML = "text/html; charset=utf-8"
 XML = "application/xml"
 # Sentences from a page's furniture: none may reach an article.
@@ -520,3 +510,24 @@ def test_the_per_host_delay_is_checked(tmp_path: Path) -> None:
     )
     path.write_text(HEAD.format(delay=0.5))
     assert load_config(path).http.per_host_delay_seconds == 0.5
+
+
+def test_sitemap_dates_are_read_at_every_w3c_precision() -> None:
+    body = urlset(
+        [
+            f"<url><loc>https://e.org/{i}</loc><lastmod>{value}</lastmod></url>"
+            for i, value in enumerate(
+                ["2026", "2026-11", "2026-11-20", "2026-11-20T10:05+01:00", "yesterday", ""]
+            )
+        ]
+    )
+    pages = parse_sitemap(body, "https://e.org/sitemap.xml", 1024 * 1024).pages
+    assert [p.updated for p in pages] == [
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 11, 1, tzinfo=UTC),
+        datetime(2026, 11, 20, tzinfo=UTC),
+        datetime(2026, 11, 20, 9, 5, tzinfo=UTC),
+        None,
+        None,
+    ]
+    assert [p.url for p in pages] == [f"https://e.org/{i}" for i in range(6)]

@@ -22,6 +22,7 @@ storing (``newsletter.gather``).
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import weakref
@@ -29,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import ClassVar, Self
 from urllib.parse import urldefrag, urljoin, urlsplit
 from urllib.robotparser import RobotFileParser
 
@@ -36,16 +38,17 @@ import requests
 from courlan import normalize_url
 from trafilatura.utils import decode_file
 
-from newsletter.config import HttpSettings
-from newsletter.exceptions import SourceError
-from newsletter.sources import StoredKeys
+from newsletter.config import HttpSettings, SourceConfig
+from newsletter.exceptions import ConfigError, SourceError
+from newsletter.sources import SourceContext, StoredKeys
 from newsletter.sources.extract import extract_article
 from newsletter.sources.fetch import Fetched, Fetcher, is_http
-from newsletter.types import EntryData, SourceState
+from newsletter.sources.settings import CrawlSettings
+from newsletter.types import EntryData, FetchResult, SourceState
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Crawler", "Link", "absolute_link", "summarize"]
+__all__ = ["CrawlSource", "Crawler", "Link", "absolute_link", "summarize"]
 
 HTML_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.5"
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", ""})
@@ -148,9 +151,10 @@ class Crawler:
         timeout: float,
         max_bytes: int,
         stored: StoredKeys | None,
-        accept: str = HTML_ACCEPT,
+        listing_accept: str = HTML_ACCEPT,
     ) -> None:
-        self._fetcher = Fetcher(session, user_agent=http.user_agent, accept=accept)
+        self._fetcher = Fetcher(session, user_agent=http.user_agent, accept=HTML_ACCEPT)
+        self._listing = Fetcher(session, user_agent=http.user_agent, accept=listing_accept)
         self._hosts = _hosts_of(session)
         self._delay = http.per_host_delay_seconds
         self._agent = http.user_agent
@@ -161,17 +165,19 @@ class Crawler:
 
     # --- one request ---------------------------------------------------------------------------
 
-    def get(self, url: str, state: SourceState | None = None) -> Fetched:
-        """GET ``url`` (conditionally when ``state`` has validators) in its host's turn.
+    def get(self, url: str, state: SourceState | None = None, *, listing: bool = False) -> Fetched:
+        """GET ``url`` (conditionally when ``state`` has validators) in its host's turn: a
+        listing (``listing_accept``), else an article page (HTML).
 
         Raises ``SourceError`` as ``Fetcher.get`` does, and when robots.txt disallows ``url``.
         """
+        fetcher = self._listing if listing else self._fetcher
         state = state or SourceState(name=self._source)
         target = state.url if state.url and is_http(state.url) else url
         if not self.allowed(target):
             raise SourceError("robots.txt disallows it", source=self._source, url=target)
         with self._turn(target):
-            return self._fetcher.get(
+            return fetcher.get(
                 url, state, source=self._source, timeout=self._timeout, max_bytes=self._max_bytes
             )
 
@@ -308,3 +314,67 @@ def _decode(fetched: Fetched) -> str:
         except LookupError:
             pass  # a charset Python does not know: guess instead
     return decode_file(fetched.body)
+
+
+class CrawlSource:
+    """What the page and sitemap readers share: the listing at ``CrawlSettings.url`` read
+    conditionally, its new links (``new_links``) read as articles, and one ``FetchResult``
+    whose warning names what was skipped or failed.
+
+    A subclass names its ``settings`` class and the ``Accept`` of its listing, and finds the
+    links in the listing (``links``: they and the problems met, raising ``SourceError`` for a
+    listing it cannot read), filtered by ``link_pattern`` here.
+    """
+
+    settings: ClassVar[type[CrawlSettings]] = CrawlSettings
+    listing_accept: ClassVar[str] = HTML_ACCEPT
+
+    def __init__(self, config: SourceConfig, context: SourceContext) -> None:
+        options = config.options
+        if not isinstance(options, self.settings):
+            raise ConfigError(
+                f"{config.kind} source {config.name!r} needs {self.settings.__name__}"
+            )
+        self.name = config.name
+        self.location = config.location
+        self._options = options
+        self._pattern = re.compile(options.link_pattern) if options.link_pattern else None
+        self._crawler = Crawler(
+            context.session,
+            context.http,
+            source=config.name,
+            timeout=options.timeout,
+            max_bytes=options.max_bytes,
+            stored=context.stored,
+            listing_accept=self.listing_accept,
+        )
+
+    @classmethod
+    def from_config(cls, config: SourceConfig, context: SourceContext) -> Self:
+        return cls(config, context)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {self.location!r})"
+
+    def fetch(self, state: SourceState) -> FetchResult:
+        listing = self._crawler.get(self._options.url, state, listing=True)
+        if listing.not_modified:
+            return FetchResult(not_modified=True, permanent_url=listing.permanent_url)
+        links, problems = self.links(listing)
+        if self._pattern is not None:
+            links = [link for link in links if self._pattern.search(link.url)]
+        if not links:
+            problems.append("no article links found (check link_selector and link_pattern)")
+        chosen, refused = self._crawler.new_links(links, self._options.max_links)
+        entries, failed = self._crawler.articles(chosen)
+        return FetchResult(
+            entries=tuple(entries),
+            etag=listing.etag,
+            last_modified=listing.last_modified,
+            permanent_url=listing.permanent_url,
+            base_url=listing.url,
+            warning=summarize([*problems, *refused, *failed]),
+        )
+
+    def links(self, listing: Fetched) -> tuple[list[Link], list[str]]:
+        raise NotImplementedError

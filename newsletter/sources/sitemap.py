@@ -19,25 +19,24 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Self
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml.ElementTree
 from defusedxml import DefusedXmlException
 
-from newsletter.config import SourceConfig
-from newsletter.exceptions import ConfigError, SourceError
-from newsletter.sources import SourceContext
-from newsletter.sources.crawl import Crawler, Link, absolute_link, summarize
+from newsletter.exceptions import SourceError
+from newsletter.sources.crawl import CrawlSource, Link, absolute_link
+from newsletter.sources.fetch import Fetched
 from newsletter.sources.settings import SitemapSettings
-from newsletter.types import FetchResult, SourceState
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SitemapSource", "parse_sitemap"]
 
-_ACCEPT = "application/xml, text/xml;q=0.9, application/gzip;q=0.8, */*;q=0.5"
 _GZIP_MAGIC = b"\x1f\x8b"
+# The reduced precisions of a W3C datetime (a year, a month) are not ISO 8601 fromisoformat
+# reads: they are completed to the first day.
+_W3C_DATE = re.compile(r"(\d{4})(?:-(\d{2})(-\d{2}.*)?)?")
 
 
 class _Unreadable(Exception):
@@ -53,68 +52,25 @@ class Sitemap:
     sitemaps: tuple[Link, ...] = ()
 
 
-class SitemapSource:
+class SitemapSource(CrawlSource):
     """The sitemap at ``SitemapSettings.url`` and the new pages it lists."""
 
-    def __init__(self, config: SourceConfig, context: SourceContext) -> None:
-        options = config.options
-        if not isinstance(options, SitemapSettings):
-            raise ConfigError(f"sitemap source {config.name!r} needs SitemapSettings")
-        self.name = config.name
-        self.location = config.location
-        self._options = options
-        self._pattern = re.compile(options.link_pattern) if options.link_pattern else None
-        self._crawler = Crawler(
-            context.session,
-            context.http,
-            source=config.name,
-            timeout=options.timeout,
-            max_bytes=options.max_bytes,
-            stored=context.stored,
-        )
-        self._sitemaps = Crawler(
-            context.session,
-            context.http,
-            source=config.name,
-            timeout=options.timeout,
-            max_bytes=options.max_bytes,
-            stored=None,
-            accept=_ACCEPT,
-        )
+    settings = SitemapSettings
+    listing_accept = "application/xml, text/xml;q=0.9, application/gzip;q=0.8, */*;q=0.5"
 
-    @classmethod
-    def from_config(cls, config: SourceConfig, context: SourceContext) -> Self:
-        return cls(config, context)
-
-    def __repr__(self) -> str:
-        return f"SitemapSource({self.name!r}, {self.location!r})"
-
-    def fetch(self, state: SourceState) -> FetchResult:
-        top = self._sitemaps.get(self._options.url, state)
-        if top.not_modified:
-            return FetchResult(not_modified=True, permanent_url=top.permanent_url)
-        sitemap = self._parse(top.body, top.url)
+    def links(self, listing: Fetched) -> tuple[list[Link], list[str]]:
+        sitemap = self._parse(listing.body, listing.url)
         problems: list[str] = []
         pages = list(sitemap.pages)
+        most = self._options.max_sitemaps if isinstance(self._options, SitemapSettings) else 1
         # An index: its newest sitemaps (by lastmod; those without one last, in index order).
-        for child in _newest(sitemap.sitemaps)[: self._options.max_sitemaps]:
+        for child in _newest(sitemap.sitemaps)[:most]:
             try:
-                fetched = self._sitemaps.get(child.url)
+                fetched = self._crawler.get(child.url, listing=True)
                 pages.extend(self._parse(fetched.body, fetched.url).pages)
             except SourceError as e:
                 problems.append(f"sitemap {child.url}: {e.message}")
-        if self._pattern is not None:
-            pages = [p for p in pages if self._pattern.search(p.url)]
-        chosen, refused = self._crawler.new_links(_newest(_unique(pages)), self._options.max_links)
-        entries, failed = self._crawler.articles(chosen)
-        return FetchResult(
-            entries=tuple(entries),
-            etag=top.etag,
-            last_modified=top.last_modified,
-            permanent_url=top.permanent_url,
-            base_url=top.url,
-            warning=summarize([*problems, *refused, *failed]),
-        )
+        return _newest(_unique(pages)), problems
 
     def _parse(self, body: bytes, url: str) -> Sitemap:
         try:
@@ -202,12 +158,15 @@ def _text(element: Element | None) -> str | None:
 
 
 def _date(value: str | None) -> datetime | None:
-    """A W3C datetime (``2026-11-20``, ``2026-11-20T10:00:00+01:00``, ``...Z``), aware; a
-    date without a zone is taken as UTC. None when absent or unreadable."""
-    if not value:
+    """A W3C datetime (https://www.w3.org/TR/NOTE-datetime, which sitemaps use): ``2026``,
+    ``2026-11``, ``2026-11-20`` or with a time and zone (``2026-11-20T10:00+01:00``, ``...Z``);
+    a value without a zone is taken as UTC. None when absent or unreadable."""
+    match = _W3C_DATE.fullmatch(value.strip()) if value else None
+    if match is None:
         return None
+    year, month, rest = match.groups()
     try:
-        parsed = datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(f"{year}-{month or '01'}{rest or '-01'}")
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
