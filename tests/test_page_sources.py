@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -531,3 +534,39 @@ def test_sitemap_dates_are_read_at_every_w3c_precision() -> None:
         None,
     ]
     assert [p.url for p in pages] == [f"https://e.org/{i}" for i in range(6)]
+
+
+def test_the_cli_gathers_pages_and_reports_their_health(
+    tmp_path: Path, server: LoopbackServer
+) -> None:
+    serve_site(server)
+    listing = server.route("/news/", Reply(200, listing_page(ALPHA, GAMMA), {"Content-Type": HTML}))
+    broken = server.route("/sitemap.xml", Reply(200, b"<urlset><url>", {"Content-Type": XML}))
+    path = tmp_path / "newsletter.toml"
+    path.write_text(
+        HEAD.format(delay=0.01)
+        + page_source(listing, 'link_selector = ".stories"')
+        + f'\n[[sources]]\nname = "map"\nkind = "sitemap"\nurl = "{broken}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NEWSLETTER_CONFIG"}
+    env.update(NEWSLETTER_SECRET="pages-test-secret", COLUMNS="250")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "newsletter", "--config", str(path), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    gathered = cli("gather")
+    status = cli("status")
+
+    # One source failed: done, with exit code 3; the page source's article is stored.
+    assert gathered.returncode == 3, gathered.stderr
+    assert "gathered 2 sources: 1 new" in gathered.stdout
+    assert status.returncode == 3, status.stderr  # a source is failing
+    rows = {line.split()[1]: line for line in status.stdout.splitlines() if line.startswith("│")}
+    assert f"item {server.url(GAMMA.path)}: robots.txt disallows it" in rows["front"]
+    assert "malformed XML at line 1, column 13" in rows["map"]
