@@ -24,7 +24,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from newsletter import clock, rules
@@ -252,7 +252,11 @@ def gather(
     """
     if not sources:
         return []
-    states = [storage.sync_source(s.name, s.location) for s in sources]
+    # Each source gets its stored pages (full text) in its state: sources never read storage.
+    states = [
+        replace(storage.sync_source(s.name, s.location), pages=storage.cached_pages(s.name))
+        for s in sources
+    ]
     results: list[GatherResult | None] = [None] * len(sources)
     workers = max(1, min(max_workers, len(sources)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gather") as pool:
@@ -285,6 +289,9 @@ def _fetch(source: Source, state: SourceState, limits: ItemLimits) -> _Fetched |
     try:
         result = source.fetch(state)
         articles, problems = _normalize_all(source.name, result, limits)
+        # What the source found wrong with single entries (a page it could not fetch for its
+        # full text) is reported with what normalizing found.
+        problems = result.problems + problems
     except SourceError as e:
         return e
     except Exception as e:

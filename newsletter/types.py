@@ -34,6 +34,41 @@ class SourceState:
     last_error: str | None = None
     error_count: int = 0  # consecutive failed fetches
     warning: str | None = None  # last non-fatal problem (e.g. a malformed but readable feed)
+    # The article pages fetched for the source's entries (full text), by URL: a read-only
+    # snapshot gather takes from storage, so a source sends conditional GETs for them.
+    pages: Mapping[str, CachedPage] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """The article found in a web page (``newsletter.sources.extract``).
+
+    ``content_html`` is sanitized HTML (links absolute, tracking parameters dropped);
+    ``text_length`` is the length of its text, in characters. ``published`` is timezone-aware
+    (UTC when the page gave a date without an offset). ``image_url`` is the lead image (the
+    page's ``og:image``, else its first figure's image); ``image_caption`` is the caption of
+    the first figure, when it has one. Any of the metadata may be None.
+    """
+
+    title: str | None
+    author: str | None
+    published: datetime | None
+    content_html: str
+    image_url: str | None
+    image_caption: str | None
+    text_length: int
+
+
+@dataclass(frozen=True)
+class CachedPage:
+    """An article page as last fetched for a source: its validators, for the next conditional
+    GET, and what was extracted from it (None: the page held no article)."""
+
+    url: str
+    fetched: datetime
+    etag: str | None = None
+    last_modified: str | None = None
+    article: Extracted | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +98,11 @@ class FetchResult:
     permanent_url: str | None = None  # set when a 301/308 moved the source for good
     base_url: str | None = None  # for resolving relative links in the entries
     warning: str | None = None  # a problem that did not stop parsing
+    # Problems with single entries ("item <link>: ..."), reported with gather's own.
+    problems: tuple[str, ...] = ()
+    # The article pages the entries now refer to (full text): storage keeps exactly these for
+    # the source. None: the source fetched no pages, and what storage has stays as it is.
+    pages: tuple[CachedPage, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from trafilatura.utils import load_html
 
 from newsletter.sanitize import sanitize_html
 from newsletter.text import clean_line, html_to_text
+from newsletter.types import Extracted
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +51,6 @@ _HEADINGS = frozenset({"h1", "h2"})
 # Less text than this is a menu or a cookie notice that trafilatura's fallback picked up, not an
 # article: a sentence or two at least.
 MIN_TEXT_CHARS = 80
-
-
-@dataclass(frozen=True)
-class Extracted:
-    """The article found in a page.
-
-    ``content_html`` is sanitized HTML (links absolute, tracking parameters dropped);
-    ``text_length`` is the length of its text, in characters. ``published`` is timezone-aware
-    (UTC when the page gave a date without an offset). ``image_url`` is the lead image (the
-    page's ``og:image``, else its first figure's image); ``image_caption`` is the caption of
-    the first figure, when it has one. Any of the metadata may be None.
-    """
-
-    title: str | None
-    author: str | None
-    published: datetime | None
-    content_html: str
-    image_url: str | None
-    image_caption: str | None
-    text_length: int
 
 
 def extract_article(html: str, url: str, *, title: str | None = None) -> Extracted | None:

@@ -3,6 +3,8 @@
 Owns: telling the formats apart, and mapping what the parsers found to ``EntryData``. Parsing
 errors are wrapped here, once, into ``SourceError``.
 
+Entries' pages are fetched for their full text (``full_text``) by ``newsletter.sources.fulltext``.
+
 Does not own: getting the document's bytes (``newsletter.sources.fetch``: the conditional GET,
 permanent redirects, the size cap, the total deadline, the charset from ``Content-Type``, the
 mtime/size validator of a local file), sanitizing HTML, resolving links, choosing article keys
@@ -33,6 +35,7 @@ from newsletter.config import HttpSettings, SourceConfig
 from newsletter.exceptions import ConfigError, SourceError
 from newsletter.sources import SourceContext
 from newsletter.sources.fetch import Fetcher, is_http
+from newsletter.sources.fulltext import FullText
 from newsletter.sources.settings import FeedSettings
 from newsletter.types import EntryData, FetchResult, SourceState
 
@@ -65,6 +68,18 @@ class FeedSource:
         self.location = config.location
         self._options = options
         self._fetcher = Fetcher(session, user_agent=http.user_agent, accept=_ACCEPT)
+        self._full_text = (
+            None
+            if options.full_text == "never"
+            else FullText(
+                session,
+                user_agent=http.user_agent,
+                mode=options.full_text,
+                min_chars=options.full_text_min_chars,
+                timeout=options.timeout,
+                max_bytes=options.max_bytes,
+            )
+        )
 
     @classmethod
     def from_config(cls, config: SourceConfig, context: SourceContext) -> Self:
@@ -88,15 +103,25 @@ class FeedSource:
             entries, own_link, warning = _parse_document(fetched.body, media_type, fetched.charset)
         except _Unreadable as e:
             raise SourceError(str(e), source=self.name, url=fetched.url) from e
+        # A relative link in a feed is relative to the feed document itself; a file has no
+        # useful URL of its own, so the feed's link is the next best base.
+        base_url = own_link if file is not None else fetched.url
+        pages = None
+        problems: tuple[str, ...] = ()
+        if self._full_text is not None:
+            completed = self._full_text.complete(
+                entries, source=self.name, base_url=base_url, cached=state.pages
+            )
+            entries, pages, problems = completed.entries, completed.pages, completed.problems
         return FetchResult(
             entries=entries,
             etag=fetched.etag,
             last_modified=fetched.last_modified,
             permanent_url=fetched.permanent_url,
-            # A relative link in a feed is relative to the feed document itself; a file has no
-            # useful URL of its own, so the feed's link is the next best base.
-            base_url=own_link if file is not None else fetched.url,
+            base_url=base_url,
             warning=warning,
+            problems=problems,
+            pages=pages,
         )
 
 

@@ -19,7 +19,14 @@ from typing import Any, ClassVar, Self
 from newsletter.config import Table, is_http_url
 from newsletter.sources import COMMON_KEYS
 
-__all__ = ["FeedSettings", "FetchSettings", "FolderSettings", "PageSettings", "SitemapSettings"]
+__all__ = [
+    "FULL_TEXT_MODES",
+    "FeedSettings",
+    "FetchSettings",
+    "FolderSettings",
+    "PageSettings",
+    "SitemapSettings",
+]
 
 _HOUR_S = 3600
 
@@ -71,11 +78,45 @@ class FetchSettings:
         }
 
 
+FULL_TEXT_MODES = ("never", "auto", "always")
+
+
 @dataclass(frozen=True)
 class FeedSettings(FetchSettings):
-    """``kind = "feed"``: RSS, Atom or JSON Feed at ``url`` or in the file at ``path``."""
+    """``kind = "feed"``: RSS, Atom or JSON Feed at ``url`` or in the file at ``path``.
 
+    ``full_text`` says when to fetch an entry's page and take the article from it: ``never``
+    (the default), ``auto`` (when the entry carries less text than ``full_text_min_chars``: a
+    summary-only feed) or ``always``. Off by default, as Miniflux's per-feed crawler is and as
+    rss2email never fetches: it means a request to the publisher's site per entry and putting
+    a whole page of theirs into our feeds and digest, which is the editor's choice to make.
+    """
+
+    full_text: str = "never"
+    full_text_min_chars: int = 600
+
+    keys: ClassVar[tuple[str, ...]] = (*FetchSettings.keys, "full_text", "full_text_min_chars")
     source: ClassVar[str] = "newsletter.sources.feed:FeedSource"
+
+    @classmethod
+    def parse(cls, t: Table) -> Self:
+        t.allow(*COMMON_KEYS, *cls.keys)
+        mode = t.text("full_text", cls.full_text)
+        if mode not in FULL_TEXT_MODES:
+            raise t.error(
+                "full_text", f"expected one of {', '.join(FULL_TEXT_MODES)}, got {mode!r}"
+            )
+        return cls(
+            **cls.fetch_fields(t),
+            full_text=mode,
+            full_text_min_chars=t.number(
+                "full_text_min_chars",
+                cls.full_text_min_chars,
+                minimum=0,
+                maximum=10**6,
+                integer=True,
+            ),
+        )
 
 
 @dataclass(frozen=True)

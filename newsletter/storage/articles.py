@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 
 from newsletter.storage import schema as s
 from newsletter.storage._base import StorageBase
+from newsletter.storage.pages import replace_pages
 from newsletter.types import Article, ArticleWrite, FetchResult, SourceState, StoredArticleState
 
 # Namespace for article uids: uuid5(namespace, source + "\n" + key) never changes for an article.
@@ -147,6 +148,8 @@ class ArticlesMixin(StorageBase):
             if result.permanent_url:
                 state["url"] = result.permanent_url
             conn.execute(update(s.sources).where(s.sources.c.name == name).values(**state))
+            if result.pages is not None:
+                replace_pages(self, conn, name, result.pages)
         return new, updated
 
     def store_fetch_error(self, name: str, error: str, now: datetime) -> None:

@@ -20,6 +20,7 @@ from typing import Protocol
 from newsletter.types import (
     Article,
     ArticleWrite,
+    CachedPage,
     ClaimedBatch,
     ClaimedConfirmation,
     DeliveryResult,
@@ -83,12 +84,17 @@ class Storage(Protocol):
         backfill: bool,
         warning: str | None = None,
     ) -> tuple[int, int]:
-        """Store a successful fetch: the decided writes and the source's new state. Returns
+        """Store a successful fetch: the decided writes and the source's new state (and, when
+        ``result.pages`` is not None, exactly those as its cached pages). Returns
         (inserted, updated). An insert another process made first is skipped, an update whose
         article changed since the decision is skipped; neither is an error."""
 
     def store_fetch_error(self, name: str, error: str, now: datetime) -> None:
         """Record a failed fetch: its message, and one more failure in a row."""
+
+    def cached_pages(self, source: str) -> dict[str, CachedPage]:
+        """The article pages stored for the source's entries (full text), by URL: what the
+        last successful fetch's ``FetchResult.pages`` held."""
 
     def recent_articles(self, limit: int) -> list[Article]:
         """The newest ``limit`` articles by publication date (ties by id), newest first."""

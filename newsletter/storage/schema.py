@@ -282,6 +282,28 @@ webhook_tokens = Table(
 )
 Index("ix_webhook_tokens_expires_at", webhook_tokens.c.expires_at)
 
+# The article pages fetched for a source's entries (full text), with their validators for the
+# next conditional GET and what was extracted from them. A source's rows are replaced by the
+# pages its entries refer to at each successful fetch, so they do not outlive the feed's items.
+pages = Table(
+    "pages",
+    metadata,
+    Column("source", String(200), primary_key=True),
+    Column("url", Text, primary_key=True),
+    Column("fetched", UTCDateTime, nullable=False),
+    Column("etag", Text),
+    Column("last_modified", Text),
+    # False: the page held no article (its other columns are NULL).
+    Column("has_article", Boolean, nullable=False),
+    Column("title", Text),
+    Column("author", Text),
+    Column("published", UTCDateTime),
+    Column("content", Text),
+    Column("image_url", Text),
+    Column("image_caption", Text),
+    Column("text_length", Integer),
+)
+
 
 # --- migrations ----------------------------------------------------------------------------------
 
@@ -417,6 +439,11 @@ def _m7_articles_covered_by(conn: Connection) -> None:
     ix_articles_uncovered.create(conn, checkfirst=True)
 
 
+def _m_page_cache(conn: Connection) -> None:
+    """The full-text page cache: a new table, empty (the next fetch fills it)."""
+    pages.create(conn, checkfirst=True)
+
+
 # MIGRATIONS[n] brings a database from version n + 1 to n + 2; version 1 is create_all above.
 MIGRATIONS: list[Migration] = [
     _m2_delivery_batches,
@@ -425,6 +452,7 @@ MIGRATIONS: list[Migration] = [
     _m5_nodes_and_leases,
     _m6_shared_web_state,
     _m7_articles_covered_by,
+    _m_page_cache,
 ]
 VERSION = 1 + len(MIGRATIONS)
 
