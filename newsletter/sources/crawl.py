@@ -48,7 +48,7 @@ from newsletter.types import EntryData, FetchResult, SourceState
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CrawlSource", "Crawler", "Link", "absolute_link", "summarize"]
+__all__ = ["CrawlSource", "Crawler", "Link", "absolute_link"]
 
 HTML_ACCEPT = "text/html, application/xhtml+xml;q=0.9, */*;q=0.5"
 _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", ""})
@@ -56,7 +56,6 @@ _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml", ""})
 _ROBOTS_BYTES = 512 * 1024
 # A Crawl-delay past this would stall a gather run for minutes per page; the pause is capped.
 _LONGEST_CRAWL_DELAY = 30.0
-_SHOWN = 5  # problems named in a source's warning before "and N more"
 
 
 @dataclass(frozen=True)
@@ -125,14 +124,6 @@ def absolute_link(href: str, base: str) -> str | None:
         return normalize_url(url)
     except ValueError:
         return None
-
-
-def summarize(problems: Sequence[str]) -> str | None:
-    """One warning line: the first few problems, then how many more."""
-    if not problems:
-        return None
-    rest = len(problems) - _SHOWN
-    return "; ".join(problems[:_SHOWN]) + (f"; and {rest:,} more" if rest > 0 else "")
 
 
 class Crawler:
@@ -373,7 +364,8 @@ class CrawlSource:
             last_modified=listing.last_modified,
             permanent_url=listing.permanent_url,
             base_url=listing.url,
-            warning=summarize([*problems, *refused, *failed]),
+            # Shown in the source's warning by gather, the first few and a count of the rest.
+            problems=(*problems, *refused, *failed),
         )
 
     def links(self, listing: Fetched) -> tuple[list[Link], list[str]]:
