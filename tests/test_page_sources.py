@@ -143,9 +143,14 @@ def serve_site(server: LoopbackServer, watch: Watch | None = None) -> None:
         server.route(s.path, wrap(Reply(200, article_page(s), {"Content-Type": HTML})))
 
 
-def gather(tmp_path: Path, sources: str, delay: float = 0.01) -> dict[str, GatherResult]:
+def gather(
+    tmp_path: Path, sources: str, delay: float = 0.01, database: str | None = None
+) -> dict[str, GatherResult]:
     path = tmp_path / "newsletter.toml"
-    path.write_text(HEAD.format(delay=delay) + sources, encoding="utf-8")
+    head = HEAD.format(delay=delay)
+    if database is not None:
+        head = head.replace('path = "n.db"', f'url = "{database}"')
+    path.write_text(head + sources, encoding="utf-8")
     publisher = make_publisher(load_config(path))
     try:
         return {r.source: r for r in publisher.gather()}
@@ -182,13 +187,18 @@ def page_source(url: str, extra: str) -> str:
     return f'\n[[sources]]\nname = "front"\nkind = "page"\nurl = "{url}"\n{extra}\n'
 
 
-def test_a_listing_page_gives_each_new_article_once(tmp_path: Path, server: LoopbackServer) -> None:
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_listing_page_gives_each_new_article_once(
+    tmp_path: Path, server: LoopbackServer, engine: str, request: pytest.FixtureRequest
+) -> None:
+    # Which links are stored is asked from gather's worker threads: on both engines.
+    database = request.getfixturevalue("postgres_url") if engine == "postgresql" else None
     serve_site(server)
     # The private link is among the stories; robots.txt keeps it out.
     listing = server.route("/news/", conditional(listing_page(ALPHA, GAMMA, BETA), HTML))
     sources = page_source(listing, 'link_selector = "ul.stories h2"')
 
-    first = gather(tmp_path, sources)["front"]
+    first = gather(tmp_path, sources, database=database)["front"]
 
     assert (first.ok, first.new) == (True, 2), first
     assert first.warning == f"item {server.url('/private/gamma')}: robots.txt disallows it"
@@ -202,12 +212,12 @@ def test_a_listing_page_gives_each_new_article_once(tmp_path: Path, server: Loop
         assert article.url == server.url(s.path)
         assert article.published == datetime.fromisoformat(f"{s.date}T08:30:00+00:00")
 
-    again = gather(tmp_path, sources)["front"]
+    again = gather(tmp_path, sources, database=database)["front"]
     assert again.not_modified, again
     assert server.seen("/news/")[-1].headers.get("if-none-match") == '"v1"'
 
     server.route("/news/", conditional(listing_page(DELTA, ALPHA, GAMMA, BETA), HTML, etag='"v2"'))
-    third = gather(tmp_path, sources)["front"]
+    third = gather(tmp_path, sources, database=database)["front"]
     assert (third.ok, third.new) == (True, 1), third
     assert_clean_article(stored(tmp_path)[server.url(DELTA.path)], DELTA)
     # Each article page was read once over the three runs; robots.txt once per run.
