@@ -172,6 +172,9 @@ class HttpSettings:
     # What one item from any source may carry; more is cut with a warning against the source.
     max_tags_per_item: int = 50
     max_title_chars: int = 1000
+    # Pages and sitemaps: the pause between two requests to one host (robots.txt's
+    # Crawl-delay may make it longer). Per host, not per source: two sources on one site share it.
+    per_host_delay_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -539,7 +542,9 @@ def parse_config(text: str, file: Path | None = None) -> Config:
     storage = StorageSettings(url=_storage_url(storage_t, loader))
     _check_output_dir(feeds_t, feeds.output_dir, file, _sqlite_file(storage.url))
     http_t = root.table("http")
-    http_t.allow("user_agent", "timeout", "max_tags_per_item", "max_title_chars")
+    http_t.allow(
+        "user_agent", "timeout", "max_tags_per_item", "max_title_chars", "per_host_delay_seconds"
+    )
     http = HttpSettings(
         user_agent=http_t.text("user_agent", HttpSettings.user_agent),
         timeout=float(http_t.number("timeout", HttpSettings.timeout, minimum=0.1, maximum=_HOUR_S)),
@@ -550,6 +555,11 @@ def parse_config(text: str, file: Path | None = None) -> Config:
         ),
         max_title_chars=http_t.number(
             "max_title_chars", 1000, minimum=20, maximum=100_000, integer=True
+        ),
+        per_host_delay_seconds=float(
+            http_t.number(
+                "per_host_delay_seconds", HttpSettings.per_host_delay_seconds, minimum=0, maximum=60
+            )
         ),
     )
     templates = root.path_value("templates", None)

@@ -13,7 +13,7 @@ import logging
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -209,10 +209,16 @@ class Publisher:
     def sources(self, session: requests.Session) -> list[Source]:
         tz = ZoneInfo(self.config.newsletter.timezone)
         return [
-            make_source(c, session=session, http=self.config.http, timezone=tz)
+            make_source(
+                c, session=session, http=self.config.http, timezone=tz, stored=self._stored_keys
+            )
             for c in self.config.sources
             if c.enabled
         ]
+
+    def _stored_keys(self, source: str, keys: Sequence[str]) -> Set[str]:
+        # Called from gather's worker threads: a read in a transaction of its own.
+        return self.storage.stored_articles(source, keys).keys()
 
     def gather(
         self, *, progress: Callable[[GatherResult], None] | None = None

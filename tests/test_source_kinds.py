@@ -126,7 +126,7 @@ def test_a_registered_kinds_keys_are_checked_like_the_built_in_ones(
     )
     assert (e.key, e.message) == (
         "sources[0].kind",
-        "expected one of feed, folder, jsonl, got 'csv'",
+        "expected one of feed, folder, page, sitemap, jsonl, got 'csv'",
     )
 
 

@@ -88,9 +88,9 @@ def test_make_source_builds_each_kind(session: requests.Session, tmp_path: Path)
 
 
 def test_make_source_refuses_an_unknown_kind(session: requests.Session) -> None:
-    with pytest.raises(ConfigError, match="unknown source kind 'page'"):
+    with pytest.raises(ConfigError, match="unknown source kind 'gopher'"):
         make_source(
-            SourceConfig("p", "page", FeedSettings(url="https://example.com/")),
+            SourceConfig("p", "gopher", FeedSettings(url="https://example.com/")),
             session=session,
             http=HttpSettings(),
             timezone=BERLIN,

@@ -5,9 +5,10 @@ settings class lives) and building a source from its ``SourceConfig`` (``make_so
 kind owns its ``[[sources]]`` keys: its settings class (``SourceSettings``) parses and checks
 them, and names the class that reads the source. The built-in kinds keep their settings in
 ``settings`` (light to import, so loading a config does not import feedparser or a Markdown
-parser) and their readers in ``feed`` and ``folder``; a kind that reads a URL or a file gets its
-bytes through ``fetch`` (conditional GET, remembered redirects, size cap, total deadline,
-charset), whose settings (``settings.FetchSettings``) it can reuse.
+parser) and their readers in ``feed``, ``folder``, ``page`` and ``sitemap``; a kind that reads
+a URL or a file gets its bytes through ``fetch`` (conditional GET, remembered redirects, size
+cap, total deadline, charset), whose settings (``settings.FetchSettings``) it can reuse, and a
+kind that crawls web pages goes through ``crawl`` (robots.txt, one request at a time per host).
 
 A kind outside this package registers itself with ``register_kind`` (from a test, or from the
 module an installed plugin's ``newsletter.sources`` entry point names: entry points are read
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, runtime_checkable
 
@@ -41,6 +43,7 @@ __all__ = [
     "Source",
     "SourceContext",
     "SourceSettings",
+    "StoredKeys",
     "kind_settings",
     "make_source",
     "register_kind",
@@ -52,6 +55,8 @@ log = logging.getLogger(__name__)
 KINDS: dict[str, str] = {
     "feed": "newsletter.sources.settings:FeedSettings",
     "folder": "newsletter.sources.settings:FolderSettings",
+    "page": "newsletter.sources.settings:PageSettings",
+    "sitemap": "newsletter.sources.settings:SitemapSettings",
 }
 # The keys of every ``[[sources]]`` table, read by the config loader whatever the kind.
 COMMON_KEYS = ("name", "kind", "enabled")
@@ -90,14 +95,26 @@ class Source(Protocol):
     def fetch(self, state: SourceState) -> FetchResult: ...
 
 
+# ``stored(source, keys)``: which of ``keys`` the source ``source`` already has in storage.
+StoredKeys = Callable[[str, Sequence[str]], Set[str]]
+
+
 @dataclass(frozen=True)
 class SourceContext:
     """What one gather run hands every source it builds: the HTTP session shared by all of
-    them, the ``[http]`` settings, and the zone in which dates written without one are read."""
+    them, the ``[http]`` settings, and the zone in which dates written without one are read.
+
+    ``stored`` answers which article keys a source already has, for the kinds that must decide
+    what to fetch (a listing page links to articles gathered on earlier runs: fetching each
+    again would cost a request per link per run). It reads storage without the source knowing
+    storage, may be called from the worker thread a source is fetched in, and is None when
+    nothing is stored anywhere (a source built by hand): then every key is new.
+    """
 
     session: requests.Session
     http: HttpSettings
     timezone: ZoneInfo
+    stored: StoredKeys | None = None
 
 
 class SourceSettings(Protocol):
@@ -162,11 +179,13 @@ def make_source(
     session: requests.Session,
     http: HttpSettings,
     timezone: ZoneInfo,
+    stored: StoredKeys | None = None,
 ) -> Source:
     """Build the source ``config`` describes.
 
     ``session`` is shared by every HTTP source of one gather run; ``timezone`` is the zone in
-    which dates written without one (in front matter, say) are read. Raises ``ConfigError`` for
+    which dates written without one (in front matter, say) are read; ``stored`` tells which
+    article keys are stored already (see ``SourceContext``). Raises ``ConfigError`` for
     a kind no module implements, settings of another kind's type, or settings the kind cannot
     use (a feed with both or neither of ``url`` and ``path``); ``load_config`` already refuses
     those, so this guards configs built by hand.
@@ -186,7 +205,7 @@ def make_source(
         )
     source_class: _SourceClass = _import(settings.source, f"the reader of kind {config.kind!r}")
     return source_class.from_config(
-        config, SourceContext(session=session, http=http, timezone=timezone)
+        config, SourceContext(session=session, http=http, timezone=timezone, stored=stored)
     )
 
 

@@ -11,6 +11,7 @@ feedparser, requests or a Markdown parser. Does not own: the keys every source h
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -18,7 +19,14 @@ from typing import Any, ClassVar, Self
 from newsletter.config import Table, is_http_url
 from newsletter.sources import COMMON_KEYS
 
-__all__ = ["FULL_TEXT_MODES", "FeedSettings", "FetchSettings", "FolderSettings"]
+__all__ = [
+    "FULL_TEXT_MODES",
+    "FeedSettings",
+    "FetchSettings",
+    "FolderSettings",
+    "PageSettings",
+    "SitemapSettings",
+]
 
 _HOUR_S = 3600
 
@@ -135,3 +143,111 @@ class FolderSettings:
         if path is None:
             raise t.error("path", "a folder source needs `path` (and no `url`)")
         return cls(path=path)
+
+
+@dataclass(frozen=True)
+class CrawlSettings:
+    """What the kinds that find articles on web pages share (``page``, ``sitemap``).
+
+    ``url`` is the document listing the articles (a section front, a sitemap), read with a
+    conditional GET under ``timeout`` and ``max_bytes``, like each article page it links to.
+    ``link_pattern`` (a regular expression, searched in each absolute link) keeps only the
+    links it matches; ``max_links`` caps the article pages fetched per run (links already
+    stored are not fetched and do not count).
+    """
+
+    url: str
+    timeout: float = 20.0
+    max_bytes: int = 10 * 1024 * 1024
+    link_pattern: str | None = None
+    max_links: int = 20
+
+    keys: ClassVar[tuple[str, ...]] = ("url", "timeout", "max_bytes", "link_pattern", "max_links")
+
+    @property
+    def location(self) -> str:
+        return self.url
+
+    @classmethod
+    def parse(cls, t: Table) -> Self:
+        return cls(**cls.crawl_fields(t))
+
+    @classmethod
+    def crawl_fields(cls, t: Table) -> dict[str, Any]:
+        kind = t.data.get("kind")
+        if "path" in t.data:
+            raise t.error("path", f"a {kind} source reads a web page: it needs `url`, not `path`")
+        t.allow(*COMMON_KEYS, *cls.keys)
+        url = t.text("url", None)
+        if url is None or not is_http_url(url):
+            got = "none" if url is None else repr(url)
+            raise t.error("url", f"a {kind} source needs an http(s) `url`, got {got}")
+        pattern = t.text("link_pattern", None)
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise t.error("link_pattern", f"not a regular expression: {e}") from e
+        return {
+            "url": url,
+            "timeout": float(t.number("timeout", cls.timeout, minimum=0.1, maximum=_HOUR_S)),
+            "max_bytes": t.number(
+                "max_bytes", cls.max_bytes, minimum=1024, maximum=2**30, integer=True
+            ),
+            "link_pattern": pattern,
+            "max_links": t.number(
+                "max_links", cls.max_links, minimum=1, maximum=1000, integer=True
+            ),
+        }
+
+
+@dataclass(frozen=True)
+class PageSettings(CrawlSettings):
+    """``kind = "page"``: a listing page at ``url`` watched for links to new articles.
+
+    The links are those of the elements ``link_selector`` (a CSS selector) matches (an element
+    that is not a link stands for the links inside it), or every link on the page when it is
+    not set; ``link_pattern`` then filters them. At least one of the two is required: every link
+    of a page would be its navigation too.
+    """
+
+    link_selector: str | None = None
+
+    keys: ClassVar[tuple[str, ...]] = (*CrawlSettings.keys, "link_selector")
+    source: ClassVar[str] = "newsletter.sources.page:PageSource"
+
+    @classmethod
+    def parse(cls, t: Table) -> Self:
+        fields = cls.crawl_fields(t)
+        selector = t.text("link_selector", None)
+        if selector is None and fields["link_pattern"] is None:
+            raise t.error(
+                "link_selector", "a page source needs `link_selector` or `link_pattern` (or both)"
+            )
+        if selector is not None:
+            # Imported only for a config with a page source: loading any other stays light.
+            from cssselect import GenericTranslator, SelectorError
+
+            try:
+                GenericTranslator().css_to_xpath(selector)
+            except SelectorError as e:
+                raise t.error("link_selector", f"not a CSS selector we can use: {e}") from e
+        return cls(**fields, link_selector=selector)
+
+
+@dataclass(frozen=True)
+class SitemapSettings(CrawlSettings):
+    """``kind = "sitemap"``: a sitemap at ``url`` (a ``urlset``, a sitemap index or a Google
+    News sitemap), its newest ``max_links`` pages by date read as articles. ``max_sitemaps``
+    caps the sitemaps of an index read per run, newest first."""
+
+    max_sitemaps: int = 5
+
+    keys: ClassVar[tuple[str, ...]] = (*CrawlSettings.keys, "max_sitemaps")
+    source: ClassVar[str] = "newsletter.sources.sitemap:SitemapSource"
+
+    @classmethod
+    def parse(cls, t: Table) -> Self:
+        fields = cls.crawl_fields(t)
+        most = t.number("max_sitemaps", cls.max_sitemaps, minimum=1, maximum=100, integer=True)
+        return cls(**fields, max_sitemaps=most)
