@@ -96,8 +96,9 @@ def extract_article(html: str, url: str, *, title: str | None = None) -> Extract
     # header's, an ad's) is passed over.
     figure = next((f for f in _figures(page, url) if _restore_caption(body, f, url)), None)
     for link in body.iter("a"):
-        if link.get("href"):
-            link.set("href", _untracked(link.get("href")))
+        href = link.get("href")
+        if href:
+            link.set("href", _untracked(href))
     inner = escape(body.text or "", quote=False) + "".join(
         etree.tostring(child, encoding="unicode", method="html") for child in body
     )
