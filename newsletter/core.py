@@ -247,10 +247,15 @@ class Publisher:
             remove_leftover_temp_files(self.config.feeds.output_dir)
             self._tidied = True
 
+        unlinked: list[Article] = []  # editors' articles without a url: they get a page
+
         def history() -> Iterator[Article]:
             offset = 0
             while batch := storage.articles_page(offset, 500):
-                yield from batch
+                for article in batch:
+                    if not article.url:
+                        unlinked.append(article)
+                    yield archive.with_page_link(self.config.newsletter, article)
                 offset += len(batch)
 
         feeds = self.config.feeds
@@ -268,7 +273,11 @@ class Publisher:
                 user_agent=self.config.http.user_agent,
                 timeout=self.config.http.timeout,
             )
-        return [*written.paths, *self.write_archive()]
+        with _writing("article pages not written", feeds.output_dir):
+            pages = archive.write_article_pages(
+                unlinked, renderer=self.renderer, output_dir=feeds.output_dir
+            )
+        return [*written.paths, *pages, *self.write_archive()]
 
     def write_archive(self) -> list[Path]:
         """Rewrite the web archive (a page per digest and the index) from the stored digests.
@@ -301,6 +310,8 @@ class Publisher:
         articles, more = choice.articles, choice.more
         if not articles and force:
             articles, more = tuple(self.storage.recent_articles(limit)), 0
+        # An article without a link of its own is read on its archive page ("Read more").
+        articles = tuple(archive.with_page_link(self.config.newsletter, a) for a in articles)
         return DigestPlan(
             articles=articles,
             more=more,

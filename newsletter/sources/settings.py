@@ -72,18 +72,37 @@ class FetchSettings:
 
 @dataclass(frozen=True)
 class FeedSettings(FetchSettings):
-    """``kind = "feed"``: RSS, Atom or JSON Feed at ``url`` or in the file at ``path``."""
+    """``kind = "feed"``: RSS, Atom or JSON Feed at ``url`` or in the file at ``path``.
 
+    ``full_content``: the digest shows each item's whole body (within the digest's size
+    budget) instead of an excerpt; off by default, a feed's item usually has a page to read.
+    """
+
+    full_content: bool = False
+
+    keys: ClassVar[tuple[str, ...]] = (*FetchSettings.keys, "full_content")
     source: ClassVar[str] = "newsletter.sources.feed:FeedSource"
+
+    @classmethod
+    def parse(cls, t: Table) -> Self:
+        t.allow(*COMMON_KEYS, *cls.keys)
+        return cls(
+            **cls.fetch_fields(t), full_content=t.get("full_content", bool, False, "true or false")
+        )
 
 
 @dataclass(frozen=True)
 class FolderSettings:
-    """``kind = "folder"``: the Markdown files under the directory ``path``."""
+    """``kind = "folder"``: the Markdown files under the directory ``path``.
+
+    ``full_content`` (on by default): the digest shows each article whole, links kept, since
+    an editor's article is written for the readers of this newsletter.
+    """
 
     path: Path
+    full_content: bool = True
 
-    keys: ClassVar[tuple[str, ...]] = ("path",)
+    keys: ClassVar[tuple[str, ...]] = ("path", "full_content")
     source: ClassVar[str] = "newsletter.sources.folder:FolderSource"
 
     @property
@@ -100,4 +119,4 @@ class FolderSettings:
         path = t.path_value("path", None)
         if path is None:
             raise t.error("path", "a folder source needs `path` (and no `url`)")
-        return cls(path=path)
+        return cls(path=path, full_content=t.get("full_content", bool, True, "true or false"))
