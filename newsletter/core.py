@@ -9,32 +9,37 @@ what counts as sent). Does not own SQL (``storage``), HTTP or parsing (``sources
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
+import os
 import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from functools import cached_property
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import requests
+from markdown_it import MarkdownIt
 
 from newsletter import clock, rules
 from newsletter.addresses import validate_address
 from newsletter.config import Config
 from newsletter.exceptions import (
+    ConfigError,
     NewsletterError,
+    NoteChanged,
     OutputError,
     RenderError,
     SubscriberError,
     os_reason,
 )
 from newsletter.files import remove_leftover_temp_files
-from newsletter.gather import ItemLimits, gather
+from newsletter.gather import ItemLimits, gather, sanitize_html
 from newsletter.mail import make_backend
 from newsletter.mail.base import MailBackend, PreparedContent
 from newsletter.node import Node
@@ -334,7 +339,79 @@ class Publisher:
             now=clock.now(),
             more=plan.more,
             archive_url=archive.index_url(self.config.newsletter),
+            note=self.note_html(self.next_note()),
         )
+
+    # --- the editor's note -----------------------------------------------------------------------
+
+    def next_note(self) -> str:
+        """The Markdown of the note the next digest would open with ("" for none): the note
+        file's, when it exists (it is taken when that digest is created), else the note
+        stored by ``set_note``. Changes nothing."""
+        found = self._read_note_file()
+        if found is not None:
+            return found[0]
+        pending = self.storage.pending_note()
+        return pending.body if pending is not None else ""
+
+    def set_note(self, body: str) -> None:
+        """Make ``body`` (Markdown) the note that opens the next digest, replacing the waiting
+        one. Raises ``NewsletterError`` for an empty note (``clear_note`` drops one)."""
+        if not body.strip():
+            raise NewsletterError("the note is empty (to drop the waiting note, use --clear)")
+        self.storage.set_note(body.strip(), clock.now())
+
+    def clear_note(self) -> bool:
+        """Drop the waiting note (not the note file). False when none was waiting."""
+        return self.storage.clear_note()
+
+    def note_html(self, body: str) -> str:
+        """A note's Markdown as sanitized HTML, its links absolute against the site."""
+        if not body.strip():
+            return ""
+        rendered = MarkdownIt("commonmark").enable("table").render(body)
+        return sanitize_html(rendered, self.config.newsletter.site_url)
+
+    def _read_note_file(self) -> tuple[str, str] | None:
+        """(text, identity) of ``[digest] note_file`` when it exists and is not blank. The
+        identity (content hash and mtime) tells a file already taken from one written anew."""
+        path = self.config.digest.note_file
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ConfigError(f"cannot read the note file {path}: {os_reason(e)}") from e
+        try:
+            body = data.decode("utf-8-sig").strip()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"the note file {path} is not valid UTF-8") from e
+        if not body:
+            return None
+        return body, f"file:{hashlib.sha256(data).hexdigest()[:32]}:{mtime}"
+
+    def _take_note_file(self) -> None:
+        """Store the note file's text as the waiting note, then rename the file
+        ``<name>.sent-<UTC time>``. In that order, and idempotent: the note is stored under
+        the file's identity, so a crash between the two steps leaves a file that the next
+        call renames without storing it again; ``os.replace`` renames atomically, so the
+        file is either still there or gone whole."""
+        found = self._read_note_file()
+        path = self.config.digest.note_file
+        if found is None or path is None:
+            return
+        body, origin = found
+        if self.storage.set_note(body, clock.now(), origin=origin):
+            log.info("editor's note read from %s", path)
+        done = path.with_name(f"{path.name}.sent-{clock.now().astimezone(UTC):%Y%m%dT%H%M%S}")
+        try:
+            os.replace(path, done)
+        except OSError as e:
+            # Stored already: the next digest shows it once whether or not the file moves.
+            log.error("cannot rename the note file %s: %s", path, os_reason(e))
 
     @cached_property
     def node(self) -> Node:
@@ -398,6 +475,7 @@ class Publisher:
                     else f"no articles published in the last {lookback:g} h"
                 )
                 return SendReport(digest_id=None, reason=reason)
+            self._take_note_file()
             digest, created = self._create_digest(plan, fire)
         if created:
             self._archive_quietly(digest)
@@ -473,30 +551,44 @@ class Publisher:
     def _create_digest(self, plan: DigestPlan, fire: str | None) -> tuple[Digest, bool]:
         """Render and store the next digest, numbered after the last one. Another node that
         created that number (or that fire) first wins: its digest is returned, not created."""
-        now = clock.now()
-        # The uid is made first so that the digest can link to its own archive page.
-        uid = new_digest_uid()
-        rendered = self.renderer.render(
-            plan.articles,
-            now=now,
-            more=plan.more,
-            archive_url=archive.page_url(self.config.newsletter, now, uid),
-        )
-        content = self._content_of(0, uid, rendered.subject, rendered.html, rendered.text)
-        digest, created = self.storage.create_digest(
-            number=plan.number,
-            uid=uid,
-            subject=rendered.subject,
-            preheader=rendered.preheader,
-            html=rendered.html,
-            text=rendered.text,
-            # Only what the digest shows: articles left out for size are in its "more".
-            article_ids=[a.id for a in rendered.articles],
-            covered_ids=plan.covered,
-            now=now,
-            batch_size=self.backend.batch_size_for(PreparedContent(content)),
-            fire=fire,
-        )
+        attempts = 3
+        for attempt in range(attempts):
+            now = clock.now()
+            # The uid is made first so that the digest can link to its own archive page.
+            uid = new_digest_uid()
+            note = self.storage.pending_note()
+            rendered = self.renderer.render(
+                plan.articles,
+                now=now,
+                more=plan.more,
+                archive_url=archive.page_url(self.config.newsletter, now, uid),
+                note=self.note_html(note.body) if note is not None else "",
+            )
+            content = self._content_of(0, uid, rendered.subject, rendered.html, rendered.text)
+            try:
+                digest, created = self.storage.create_digest(
+                    number=plan.number,
+                    uid=uid,
+                    subject=rendered.subject,
+                    preheader=rendered.preheader,
+                    html=rendered.html,
+                    text=rendered.text,
+                    # Only what the digest shows: articles left out for size are in its "more".
+                    article_ids=[a.id for a in rendered.articles],
+                    covered_ids=plan.covered,
+                    now=now,
+                    batch_size=self.backend.batch_size_for(PreparedContent(content)),
+                    fire=fire,
+                    # Taken in the digest's own transaction: shown once, never lost.
+                    note_id=note.id if note is not None else None,
+                )
+                break
+            except NoteChanged:
+                # `newsletter note` ran while this digest was rendered: render it again.
+                if attempt == attempts - 1:
+                    raise
+        else:  # pragma: no cover - the loop either breaks or raises
+            raise AssertionError("unreachable")
         if created:
             log.info("digest %d created: %d articles", digest.number, len(rendered.articles))
         else:
@@ -568,7 +660,12 @@ class Publisher:
                     (),
                     reason="no new articles since the last digest",
                 )
-            rendered = self.renderer.render(plan.articles, now=clock.now(), more=plan.more)
+            rendered = self.renderer.render(
+                plan.articles,
+                now=clock.now(),
+                more=plan.more,
+                note=self.note_html(self.next_note()),
+            )
             subject = rendered.subject
             articles = len(rendered.articles)
             recipients = self.storage.count_subscribers(SubscriberStatus.ACTIVE)

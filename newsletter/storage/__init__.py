@@ -5,7 +5,7 @@
 - ``articles``: sources and articles; ``subscribers``; ``deliveries``: digests, batches and
   deliveries with their leases; ``runs``: scheduled fires, nodes, meta values, the run lock;
   ``web``: what the ``serve`` processes share (rate buckets, webhook tokens, confirmations
-  waiting to go);
+  waiting to go); ``notes``: the editor's note waiting for the next digest;
 - ``schema``: tables and numbered migrations; ``_base``: the engine, transactions, dialects.
 
 ``SqlStorage`` puts the domains together for SQLite and PostgreSQL (psycopg 3). No business
@@ -19,6 +19,7 @@ import secrets
 from newsletter.storage._base import normalize_url, safe_url
 from newsletter.storage.articles import ArticlesMixin, article_uid
 from newsletter.storage.deliveries import DeliveriesMixin
+from newsletter.storage.notes import NotesMixin
 from newsletter.storage.protocol import Storage
 from newsletter.storage.runs import RunsMixin
 from newsletter.storage.subscribers import SubscribersMixin
@@ -35,7 +36,9 @@ __all__ = [
 ]
 
 
-class SqlStorage(ArticlesMixin, SubscribersMixin, DeliveriesMixin, RunsMixin, WebStateMixin):
+class SqlStorage(
+    ArticlesMixin, SubscribersMixin, DeliveriesMixin, RunsMixin, WebStateMixin, NotesMixin
+):
     """``Storage`` on SQLite or PostgreSQL. Opening migrates; raises ``StorageError``."""
 
 
