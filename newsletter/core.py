@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import os
 import re
 import secrets
 import threading
@@ -214,7 +213,13 @@ class Publisher:
     def sources(self, session: requests.Session) -> list[Source]:
         tz = ZoneInfo(self.config.newsletter.timezone)
         return [
-            make_source(c, session=session, http=self.config.http, timezone=tz)
+            make_source(
+                c,
+                session=session,
+                http=self.config.http,
+                timezone=tz,
+                site_url=self.config.newsletter.site_url,
+            )
             for c in self.config.sources
             if c.enabled
         ]
@@ -280,7 +285,10 @@ class Publisher:
             )
         with _writing("article pages not written", feeds.output_dir):
             pages = archive.write_article_pages(
-                unlinked, renderer=self.renderer, output_dir=feeds.output_dir
+                unlinked,
+                renderer=self.renderer,
+                output_dir=feeds.output_dir,
+                has_issues=storage.last_digest() is not None,
             )
         return [*written.paths, *pages, *self.write_archive()]
 
@@ -397,7 +405,7 @@ class Publisher:
         """Store the note file's text as the waiting note, then rename the file
         ``<name>.sent-<UTC time>``. In that order, and idempotent: the note is stored under
         the file's identity, so a crash between the two steps leaves a file that the next
-        call renames without storing it again; ``os.replace`` renames atomically, so the
+        call renames without storing it again; the rename (``rename(2)``) is atomic, so the
         file is either still there or gone whole."""
         found = self._read_note_file()
         path = self.config.digest.note_file
@@ -408,7 +416,7 @@ class Publisher:
             log.info("editor's note read from %s", path)
         done = path.with_name(f"{path.name}.sent-{clock.now().astimezone(UTC):%Y%m%dT%H%M%S}")
         try:
-            os.replace(path, done)
+            path.replace(done)
         except OSError as e:
             # Stored already: the next digest shows it once whether or not the file moves.
             log.error("cannot rename the note file %s: %s", path, os_reason(e))

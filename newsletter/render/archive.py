@@ -25,8 +25,9 @@ edited. The page has the site's look, the feeds' autodiscovery links and a subsc
 (template ``article.html``); ``with_page_link`` gives such an article that page as its ``url``.
 
 Owns: the archive's file names and URLs, filling pages and rendering the index (template
-``archive.html``) and the article pages (``article.html``), found like every other template. Does not own: choosing or storing digests
-(``core``, ``storage``) or serving the files (the web app, or any static host).
+``archive.html``) and the article pages (``article.html``), found like every other template.
+Does not own: choosing or storing digests (``core``, ``storage``) or serving the files (the
+web app, or any static host).
 """
 
 from __future__ import annotations
@@ -222,10 +223,15 @@ def write_archive(
 
 
 def write_article_pages(
-    articles: Iterable[Article], *, renderer: DigestRenderer, output_dir: Path
+    articles: Iterable[Article],
+    *,
+    renderer: DigestRenderer,
+    output_dir: Path,
+    has_issues: bool = True,
 ) -> list[Path]:
     """Write the page of each article in ``articles`` that has no link of its own into
-    ``output_dir/archive/articles`` (template ``article.html``).
+    ``output_dir/archive/articles`` (template ``article.html``). Without ``has_issues`` (no
+    digest yet, so no archive index) the pages link to no past issues.
 
     Returns the files (re)written; unchanged pages are left alone. Raises ``RenderError`` for
     a broken template and ``OSError`` when a file cannot be written.
@@ -244,7 +250,7 @@ def write_article_pages(
                 article=article,
                 url=article_page_url(newsletter, article),
                 feeds=feeds,
-                archive_url=index_url(newsletter),
+                archive_url=index_url(newsletter) if has_issues else None,
                 subscribe_url=newsletter.site_url + SUBSCRIBE_PATH,
             )
             path = folder / article_page_name(article)

@@ -3,11 +3,11 @@
 Owns: the one Jinja environment (the user's templates directory first, then ours), the
 template context, the subject and preheader, the single premailer pass that inlines the CSS,
 the size budget (Gmail clips a message over 102 KB: a full-content article that does not fit
-is shown as its excerpt with a "Read more" link, then articles that still do not fit become the
-"N more on the web" link), the editor's note that opens a digest and the plain-text layout (72 columns, links as numbered
-references). Per-recipient values are left in as ``personalize`` placeholders, so a digest is
-rendered and inlined once, whatever the number of subscribers; ``personalize.Template`` fills
-them per recipient.
+is shown as its excerpt with a "Read more" link, then articles that still do not fit become
+the "N more on the web" link), the editor's note that opens a digest and the plain-text
+layout (72 columns, links as numbered references). Per-recipient values are left in as
+``personalize`` placeholders, so a digest is rendered and inlined once, whatever the number of
+subscribers; ``personalize.Template`` fills them per recipient.
 
 Does not own: choosing the articles, storing the digest, filling the placeholders, building
 MIME messages (``mail.message``) or anything per recipient.
@@ -502,9 +502,9 @@ _TEXT_CONFIG = ParserConfig(display_links=True)
 
 
 class _FullText:
-    """``fulltext(html)`` in the text template: an HTML body as paragraphs of text (lists and headings on
-    lines of their own), its links numbered by ``ref`` and listed at the end, as every other
-    link of the text part."""
+    """``fulltext(html)`` in the text template: an HTML body as paragraphs of text (lists and
+    headings on lines of their own), its links numbered by ``ref`` and listed at the end, as
+    every other link of the text part."""
 
     def __init__(self, refs: _References) -> None:
         self.refs = refs

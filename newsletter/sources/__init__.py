@@ -93,11 +93,14 @@ class Source(Protocol):
 @dataclass(frozen=True)
 class SourceContext:
     """What one gather run hands every source it builds: the HTTP session shared by all of
-    them, the ``[http]`` settings, and the zone in which dates written without one are read."""
+    them, the ``[http]`` settings, the zone in which dates written without one are read, and
+    the site's URL (``newsletter.site_url``), against which a local file's relative links
+    resolve (None: left as they are)."""
 
     session: requests.Session
     http: HttpSettings
     timezone: ZoneInfo
+    site_url: str | None = None
 
 
 class SourceSettings(Protocol):
@@ -162,6 +165,7 @@ def make_source(
     session: requests.Session,
     http: HttpSettings,
     timezone: ZoneInfo,
+    site_url: str | None = None,
 ) -> Source:
     """Build the source ``config`` describes.
 
@@ -186,7 +190,7 @@ def make_source(
         )
     source_class: _SourceClass = _import(settings.source, f"the reader of kind {config.kind!r}")
     return source_class.from_config(
-        config, SourceContext(session=session, http=http, timezone=timezone)
+        config, SourceContext(session=session, http=http, timezone=timezone, site_url=site_url)
     )
 
 

@@ -31,9 +31,7 @@ class NotesMixin(StorageBase):
                 if seen is not None:
                     return False
             conn.execute(delete(_n).where(_n.c.pending.is_(True)))
-            conn.execute(
-                _n.insert().values(body=body, created_at=now, origin=origin, pending=True)
-            )
+            conn.execute(_n.insert().values(body=body, created_at=now, origin=origin, pending=True))
         return True
 
     def pending_note(self) -> EditorNote | None:

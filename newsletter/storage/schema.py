@@ -295,6 +295,9 @@ editor_notes = Table(
     Column("origin", String(200), unique=True),
     Column("pending", Boolean, unique=True),
     Column("digest_id", Integer, ForeignKey("digests.id")),
+    # Ids never reused (SQLite would hand a deleted note's id to the next one): a digest
+    # rendered with a note that was replaced since must not take its successor.
+    sqlite_autoincrement=True,
 )
 
 
