@@ -74,6 +74,8 @@ SECRET_META_KEY = "generated_secret"  # noqa: S105 - a key name, not a secret
 LIST_ID_META_KEY = "list_id"
 # A pending address is sent another confirmation only this long after the last one.
 CONFIRM_RESEND = timedelta(minutes=10)
+# Renderings of a digest whose editor's note was replaced meanwhile, before giving up.
+_NOTE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -559,49 +561,52 @@ class Publisher:
     def _create_digest(self, plan: DigestPlan, fire: str | None) -> tuple[Digest, bool]:
         """Render and store the next digest, numbered after the last one. Another node that
         created that number (or that fire) first wins: its digest is returned, not created."""
-        attempts = 3
-        for attempt in range(attempts):
-            now = clock.now()
-            # The uid is made first so that the digest can link to its own archive page.
-            uid = new_digest_uid()
-            note = self.storage.pending_note()
-            rendered = self.renderer.render(
-                plan.articles,
-                now=now,
-                more=plan.more,
-                archive_url=archive.page_url(self.config.newsletter, now, uid),
-                note=self.note_html(note.body) if note is not None else "",
-            )
-            content = self._content_of(0, uid, rendered.subject, rendered.html, rendered.text)
+        for attempt in range(_NOTE_ATTEMPTS):
             try:
-                digest, created = self.storage.create_digest(
-                    number=plan.number,
-                    uid=uid,
-                    subject=rendered.subject,
-                    preheader=rendered.preheader,
-                    html=rendered.html,
-                    text=rendered.text,
-                    # Only what the digest shows: articles left out for size are in its "more".
-                    article_ids=[a.id for a in rendered.articles],
-                    covered_ids=plan.covered,
-                    now=now,
-                    batch_size=self.backend.batch_size_for(PreparedContent(content)),
-                    fire=fire,
-                    # Taken in the digest's own transaction: shown once, never lost.
-                    note_id=note.id if note is not None else None,
-                )
+                digest, created, shown = self._try_create_digest(plan, fire)
                 break
             except NoteChanged:
                 # `newsletter note` ran while this digest was rendered: render it again.
-                if attempt == attempts - 1:
+                if attempt == _NOTE_ATTEMPTS - 1:
                     raise
-        else:  # pragma: no cover - the loop either breaks or raises
-            raise AssertionError("unreachable")
         if created:
-            log.info("digest %d created: %d articles", digest.number, len(rendered.articles))
+            log.info("digest %d created: %d articles", digest.number, shown)
         else:
             log.info("digest %d was created by another node; joining it", digest.number)
         return digest, created
+
+    def _try_create_digest(self, plan: DigestPlan, fire: str | None) -> tuple[Digest, bool, int]:
+        """One attempt of ``_create_digest``; also returns how many articles it shows. Raises
+        ``NoteChanged`` when the waiting note changed while the digest was rendered."""
+        now = clock.now()
+        # The uid is made first so that the digest can link to its own archive page.
+        uid = new_digest_uid()
+        note = self.storage.pending_note()
+        rendered = self.renderer.render(
+            plan.articles,
+            now=now,
+            more=plan.more,
+            archive_url=archive.page_url(self.config.newsletter, now, uid),
+            note=self.note_html(note.body) if note is not None else "",
+        )
+        content = self._content_of(0, uid, rendered.subject, rendered.html, rendered.text)
+        digest, created = self.storage.create_digest(
+            number=plan.number,
+            uid=uid,
+            subject=rendered.subject,
+            preheader=rendered.preheader,
+            html=rendered.html,
+            text=rendered.text,
+            # Only what the digest shows: articles left out for size are in its "more".
+            article_ids=[a.id for a in rendered.articles],
+            covered_ids=plan.covered,
+            now=now,
+            batch_size=self.backend.batch_size_for(PreparedContent(content)),
+            fire=fire,
+            # Taken in the digest's own transaction: shown once, never lost.
+            note_id=note.id if note is not None else None,
+        )
+        return digest, created, len(rendered.articles)
 
     def _reclaim(self) -> Reclaimed:
         """Take back dead nodes' batches; a digest that was waiting only for them may be

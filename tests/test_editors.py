@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from newsletter.render import archive
 from newsletter.render.digest import HTML_MAX_BYTES, DigestRenderer
 from newsletter.storage import SqlStorage
 from newsletter.types import SubscriberStatus
+from tests._browser import preview_server, wait_for
 from tests._factories import make_article, make_config
 from tests._project import add_article, command, set_table
 from tests.test_storage_contract import NOW, db_url, storage
@@ -402,3 +404,22 @@ def test_the_note_command(project: Path, tmp_path: Path) -> None:
     assert code == 2 and "one of TEXT" in err
     code, _, err = _run(project, "note", "   ")
     assert code != 0 and "the note is empty" in err
+
+
+def test_the_preview_shows_the_note_as_it_will_be_sent(project: Path) -> None:
+    with make_publisher(load_config(project)) as publisher:
+        publisher.gather()
+    with preview_server(project) as server:
+
+        def frame() -> str:
+            with urllib.request.urlopen(server.url + "/digest.html", timeout=10) as response:
+                return str(response.read().decode())
+
+        assert "editors-note" not in frame()
+        with make_publisher(load_config(project)) as publisher:
+            publisher.set_note("Hello from the **Osprey** desk.")
+        # The preview watches the note as it watches articles: it renders again by itself.
+        shown = wait_for(lambda: "Osprey" in (page := frame()) and page, timeout=10)
+        assert "<strong>Osprey</strong>" in shown and 'id="editors-note"' in shown
+        with make_publisher(load_config(project)) as publisher:
+            assert publisher.next_note() == "Hello from the **Osprey** desk."  # not taken
