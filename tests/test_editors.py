@@ -23,7 +23,7 @@ from newsletter.config import load_config
 from newsletter.core import Publisher, make_publisher
 from newsletter.exceptions import NoteChanged
 from newsletter.render import archive
-from newsletter.render.digest import HTML_MAX_BYTES, DigestRenderer
+from newsletter.render.digest import HTML_MAX_BYTES, DigestRenderer, RenderedDigest
 from newsletter.storage import SqlStorage
 from newsletter.types import SubscriberStatus
 from tests._browser import preview_server, wait_for
@@ -147,15 +147,25 @@ def test_the_digest_shows_folder_articles_whole_with_their_links(publisher: Publ
     assert re.search(r"^\[\d+\] https://docs\.example\.org/style$", rendered.text, re.M)
 
 
+def _next_digest_with(
+    project: Path, path: str, full_content: bool
+) -> tuple[Publisher, RenderedDigest]:
+    """The next digest once the source at ``path`` says ``full_content``; the publisher is
+    closed by the caller."""
+    setting = "true" if full_content else "false"
+    line = f'path = "{path}"'
+    project.write_text(project.read_text().replace(line, f"{line}\nfull_content = {setting}"))
+    publisher = make_publisher(load_config(project))
+    publisher.gather()
+    rendered = publisher.render_next_digest()
+    assert rendered is not None
+    return publisher, rendered
+
+
 def test_without_full_content_read_more_leads_to_the_page(project: Path) -> None:
-    text = project.read_text().replace(
-        'path = "articles"', 'path = "articles"\nfull_content = false'
-    )
-    project.write_text(text)
-    with make_publisher(load_config(project)) as publisher:
-        publisher.gather()
-        rendered = publisher.render_next_digest()
-        assert rendered is not None and not rendered.full
+    publisher, rendered = _next_digest_with(project, "articles", full_content=False)
+    with publisher:
+        assert not rendered.full
         url = _folder_articles(publisher)["Where the links go"]
         item = rendered.html.split(url, 1)[1]  # from the article's title on
         assert re.search(rf'<a href="{re.escape(url)}"[^>]*>Read more', item)
@@ -163,14 +173,8 @@ def test_without_full_content_read_more_leads_to_the_page(project: Path) -> None
 
 
 def test_a_feed_can_ask_for_full_content(project: Path) -> None:
-    text = project.read_text().replace(
-        'path = "sources/field-notes.rss"', 'path = "sources/field-notes.rss"\nfull_content = true'
-    )
-    project.write_text(text)
-    with make_publisher(load_config(project)) as publisher:
-        publisher.gather()
-        rendered = publisher.render_next_digest()
-        assert rendered is not None
+    publisher, rendered = _next_digest_with(project, "sources/field-notes.rss", full_content=True)
+    with publisher:
         sources = {a.source for a in rendered.articles if a.id in rendered.full}
         assert sources == {"Editorial", "Field Notes"}
 
