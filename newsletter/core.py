@@ -419,6 +419,8 @@ class Publisher:
         done = path.with_name(f"{path.name}.sent-{clock.now().astimezone(UTC):%Y%m%dT%H%M%S}")
         try:
             path.replace(done)
+        except FileNotFoundError:
+            pass  # another node took the same file first and renamed it
         except OSError as e:
             # Stored already: the next digest shows it once whether or not the file moves.
             log.error("cannot rename the note file %s: %s", path, os_reason(e))

@@ -29,7 +29,7 @@ from newsletter.types import SubscriberStatus
 from tests._browser import preview_server, wait_for
 from tests._factories import make_article, make_config
 from tests._project import add_article, command, set_table
-from tests.test_storage_contract import NOW, db_url, storage
+from tests.test_storage_contract import NOW, db_url, race, storage
 from tests.test_web_feeds import Running, running_site
 
 __all__ = ["db_url", "storage"]
@@ -307,6 +307,15 @@ def test_a_note_file_is_stored_once_by_its_identity(storage: SqlStorage) -> None
     # Taken: the same file seen again (a crash before its rename) is not a new note.
     assert not storage.set_note("from a file", NOW, origin="file:abc:1")
     assert storage.pending_note() is None
+
+
+def test_nodes_reading_the_same_note_file_at_once_store_it_once(
+    db_url: str, storage: SqlStorage
+) -> None:
+    stored = race(db_url, 4, lambda own, i: own.set_note("From the file.", NOW, origin="file:x:1"))
+    assert sorted(stored) == [False, False, False, True]
+    note = storage.pending_note()
+    assert note is not None and note.body == "From the file."
 
 
 # --- the editor's note through the publisher and the CLI ----------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, select, text, update
 
 from newsletter.exceptions import NoteChanged
 from newsletter.storage import schema as s
@@ -21,11 +21,17 @@ from newsletter.storage._base import StorageBase
 from newsletter.types import EditorNote
 
 _n = s.editor_notes
+_NOTES_LOCK = 0x6E6C5F6E6F7465  # pg_advisory_xact_lock key: "nl_note"
 
 
 class NotesMixin(StorageBase):
     def set_note(self, body: str, now: datetime, *, origin: str | None = None) -> bool:
         with self._tx() as conn:
+            if self.dialect == "postgresql":
+                # Writers of the note take turns (SQLite's BEGIN IMMEDIATE does the same):
+                # two nodes reading the same note file at once, the second sees the first's
+                # note and adds nothing, rather than replacing it or failing on its origin.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _NOTES_LOCK})
             if origin is not None:
                 seen = conn.execute(select(_n.c.id).where(_n.c.origin == origin)).first()
                 if seen is not None:
