@@ -282,6 +282,10 @@ def digest(state: State, preview: Path | None, text_path: Path | None, force: bo
         )
         for a in rendered.articles:
             console.print(_text(f"  - {a.title} ", (f"({a.source})", "dim")), highlight=False)
+        note = publisher.next_note()
+        if note:
+            console.print("opens with the editor's note:", highlight=False)
+            console.print(_text(_indent(note)), highlight=False)
         if preview is not None:
             html = Template(rendered.html, is_html=True).fill(values)
             _write(preview, html.encode())
@@ -294,6 +298,57 @@ def digest(state: State, preview: Path | None, text_path: Path | None, force: bo
             text = Template(rendered.text, is_html=False).fill(values)
             _write(text_path, text.encode())
             console.print(f"wrote {text_path}", highlight=False, markup=False)
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option(
+    "--file",
+    "file_path",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Read the note (Markdown) from this file.",
+)
+@click.option("--show", is_flag=True, help="Show the note the next digest would open with.")
+@click.option("--clear", is_flag=True, help="Drop the waiting note.")
+@pass_state
+def note(state: State, text: str | None, file_path: Path | None, show: bool, clear: bool) -> None:
+    """Set the editor's note (Markdown) that opens the next digest, once.
+
+    The next digest created shows it at the top and takes it: the digest after that has no
+    note unless a new one is set. Setting a note replaces the waiting one. A file named by
+    `[digest] note_file` wins over a note set here while it exists.
+    """
+    chosen = sum((text is not None, file_path is not None, show, clear))
+    if chosen != 1:
+        raise click.UsageError("give one of TEXT, --file, --show or --clear")
+    with state.publisher() as publisher:
+        if show:
+            body = publisher.next_note()
+            console.print(_text(body) if body else "no note is waiting", highlight=False)
+            return
+        if clear:
+            dropped = publisher.clear_note()
+            console.print("note dropped" if dropped else "no note was waiting", highlight=False)
+            return
+        if file_path is not None:
+            try:
+                text = file_path.read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError) as e:
+                raise NewsletterError(f"cannot read {file_path}: {e}") from e
+        assert text is not None
+        publisher.set_note(text)
+        console.print("note set: it opens the next digest", highlight=False)
+        config_file = publisher.config.digest.note_file
+        if config_file is not None and config_file.exists():
+            err.print(
+                f"note: {config_file} exists and opens the next digest instead",
+                highlight=False,
+                markup=False,
+            )
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"  {line}" if line else "" for line in text.splitlines())
 
 
 def _send(

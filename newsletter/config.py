@@ -139,6 +139,8 @@ class DigestSettings:
     )
     preheader: str = "{{ lead.summary | plaintext or lead.title }}"
     greeting_fallback: str = "there"
+    # A Markdown file whose text opens the next digest, then is renamed "<name>.sent-<time>".
+    note_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -704,7 +706,13 @@ def _schedule(t: Table, default_tz: str) -> ScheduleSettings:
 
 def _digest(t: Table) -> DigestSettings:
     t.allow(
-        "lookback_hours", "max_items", "section_by", "subject", "preheader", "greeting_fallback"
+        "lookback_hours",
+        "max_items",
+        "section_by",
+        "subject",
+        "preheader",
+        "greeting_fallback",
+        "note_file",
     )
     section_by = t.text("section_by", "source")
     if section_by not in SECTION_BY:
@@ -719,6 +727,7 @@ def _digest(t: Table) -> DigestSettings:
         subject=t.text("subject", DigestSettings.subject),
         preheader=t.text("preheader", DigestSettings.preheader),
         greeting_fallback=t.text("greeting_fallback", "there"),
+        note_file=t.path_value("note_file", None),
     )
     return settings
 

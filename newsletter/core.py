@@ -9,6 +9,7 @@ what counts as sent). Does not own SQL (``storage``), HTTP or parsing (``sources
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import re
 import secrets
@@ -16,25 +17,28 @@ import threading
 from collections.abc import Callable, Iterator, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from functools import cached_property
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import requests
+from markdown_it import MarkdownIt
 
 from newsletter import clock, rules
 from newsletter.addresses import validate_address
 from newsletter.config import Config
 from newsletter.exceptions import (
+    ConfigError,
     NewsletterError,
+    NoteChanged,
     OutputError,
     RenderError,
     SubscriberError,
     os_reason,
 )
 from newsletter.files import remove_leftover_temp_files
-from newsletter.gather import ItemLimits, gather
+from newsletter.gather import ItemLimits, gather, sanitize_html
 from newsletter.mail import make_backend
 from newsletter.mail.base import MailBackend, PreparedContent
 from newsletter.node import Node
@@ -70,6 +74,8 @@ SECRET_META_KEY = "generated_secret"  # noqa: S105 - a key name, not a secret
 LIST_ID_META_KEY = "list_id"
 # A pending address is sent another confirmation only this long after the last one.
 CONFIRM_RESEND = timedelta(minutes=10)
+# Renderings of a digest whose editor's note was replaced meanwhile, before giving up.
+_NOTE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -210,7 +216,12 @@ class Publisher:
         tz = ZoneInfo(self.config.newsletter.timezone)
         return [
             make_source(
-                c, session=session, http=self.config.http, timezone=tz, stored=self._stored_keys
+                c,
+                session=session,
+                http=self.config.http,
+                timezone=tz,
+                site_url=self.config.newsletter.site_url,
+                stored=self._stored_keys,
             )
             for c in self.config.sources
             if c.enabled
@@ -253,10 +264,15 @@ class Publisher:
             remove_leftover_temp_files(self.config.feeds.output_dir)
             self._tidied = True
 
+        unlinked: list[Article] = []  # editors' articles without a url: they get a page
+
         def history() -> Iterator[Article]:
             offset = 0
             while batch := storage.articles_page(offset, 500):
-                yield from batch
+                for article in batch:
+                    if not article.url:
+                        unlinked.append(article)
+                    yield archive.with_page_link(self.config.newsletter, article)
                 offset += len(batch)
 
         feeds = self.config.feeds
@@ -274,7 +290,14 @@ class Publisher:
                 user_agent=self.config.http.user_agent,
                 timeout=self.config.http.timeout,
             )
-        return [*written.paths, *self.write_archive()]
+        with _writing("article pages not written", feeds.output_dir):
+            pages = archive.write_article_pages(
+                unlinked,
+                renderer=self.renderer,
+                output_dir=feeds.output_dir,
+                has_issues=storage.last_digest() is not None,
+            )
+        return [*written.paths, *pages, *self.write_archive()]
 
     def write_archive(self) -> list[Path]:
         """Rewrite the web archive (a page per digest and the index) from the stored digests.
@@ -307,6 +330,8 @@ class Publisher:
         articles, more = choice.articles, choice.more
         if not articles and force:
             articles, more = tuple(self.storage.recent_articles(limit)), 0
+        # An article without a link of its own is read on its archive page ("Read more").
+        articles = tuple(archive.with_page_link(self.config.newsletter, a) for a in articles)
         return DigestPlan(
             articles=articles,
             more=more,
@@ -329,7 +354,81 @@ class Publisher:
             now=clock.now(),
             more=plan.more,
             archive_url=archive.index_url(self.config.newsletter),
+            note=self.note_html(self.next_note()),
         )
+
+    # --- the editor's note -----------------------------------------------------------------------
+
+    def next_note(self) -> str:
+        """The Markdown of the note the next digest would open with ("" for none): the note
+        file's, when it exists (it is taken when that digest is created), else the note
+        stored by ``set_note``. Changes nothing."""
+        found = self._read_note_file()
+        if found is not None:
+            return found[0]
+        pending = self.storage.pending_note()
+        return pending.body if pending is not None else ""
+
+    def set_note(self, body: str) -> None:
+        """Make ``body`` (Markdown) the note that opens the next digest, replacing the waiting
+        one. Raises ``NewsletterError`` for an empty note (``clear_note`` drops one)."""
+        if not body.strip():
+            raise NewsletterError("the note is empty (to drop the waiting note, use --clear)")
+        self.storage.set_note(body.strip(), clock.now())
+
+    def clear_note(self) -> bool:
+        """Drop the waiting note (not the note file). False when none was waiting."""
+        return self.storage.clear_note()
+
+    def note_html(self, body: str) -> str:
+        """A note's Markdown as sanitized HTML, its links absolute against the site."""
+        if not body.strip():
+            return ""
+        rendered = MarkdownIt("commonmark").enable("table").render(body)
+        return sanitize_html(rendered, self.config.newsletter.site_url)
+
+    def _read_note_file(self) -> tuple[str, str] | None:
+        """(text, identity) of ``[digest] note_file`` when it exists and is not blank. The
+        identity (content hash and mtime) tells a file already taken from one written anew."""
+        path = self.config.digest.note_file
+        if path is None:
+            return None
+        try:
+            data = path.read_bytes()
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ConfigError(f"cannot read the note file {path}: {os_reason(e)}") from e
+        try:
+            body = data.decode("utf-8-sig").strip()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"the note file {path} is not valid UTF-8") from e
+        if not body:
+            return None
+        return body, f"file:{hashlib.sha256(data).hexdigest()[:32]}:{mtime}"
+
+    def _take_note_file(self) -> None:
+        """Store the note file's text as the waiting note, then rename the file
+        ``<name>.sent-<UTC time>``. In that order, and idempotent: the note is stored under
+        the file's identity, so a crash between the two steps leaves a file that the next
+        call renames without storing it again; the rename (``rename(2)``) is atomic, so the
+        file is either still there or gone whole."""
+        found = self._read_note_file()
+        path = self.config.digest.note_file
+        if found is None or path is None:
+            return
+        body, origin = found
+        if self.storage.set_note(body, clock.now(), origin=origin):
+            log.info("editor's note read from %s", path)
+        done = path.with_name(f"{path.name}.sent-{clock.now().astimezone(UTC):%Y%m%dT%H%M%S}")
+        try:
+            path.replace(done)
+        except FileNotFoundError:
+            pass  # another node took the same file first and renamed it
+        except OSError as e:
+            # Stored already: the next digest shows it once whether or not the file moves.
+            log.error("cannot rename the note file %s: %s", path, os_reason(e))
 
     @cached_property
     def node(self) -> Node:
@@ -393,6 +492,7 @@ class Publisher:
                     else f"no articles published in the last {lookback:g} h"
                 )
                 return SendReport(digest_id=None, reason=reason)
+            self._take_note_file()
             digest, created = self._create_digest(plan, fire)
         if created:
             self._archive_quietly(digest)
@@ -468,14 +568,33 @@ class Publisher:
     def _create_digest(self, plan: DigestPlan, fire: str | None) -> tuple[Digest, bool]:
         """Render and store the next digest, numbered after the last one. Another node that
         created that number (or that fire) first wins: its digest is returned, not created."""
+        for attempt in range(_NOTE_ATTEMPTS):
+            try:
+                digest, created, shown = self._try_create_digest(plan, fire)
+                break
+            except NoteChanged:
+                # `newsletter note` ran while this digest was rendered: render it again.
+                if attempt == _NOTE_ATTEMPTS - 1:
+                    raise
+        if created:
+            log.info("digest %d created: %d articles", digest.number, shown)
+        else:
+            log.info("digest %d was created by another node; joining it", digest.number)
+        return digest, created
+
+    def _try_create_digest(self, plan: DigestPlan, fire: str | None) -> tuple[Digest, bool, int]:
+        """One attempt of ``_create_digest``; also returns how many articles it shows. Raises
+        ``NoteChanged`` when the waiting note changed while the digest was rendered."""
         now = clock.now()
         # The uid is made first so that the digest can link to its own archive page.
         uid = new_digest_uid()
+        note = self.storage.pending_note()
         rendered = self.renderer.render(
             plan.articles,
             now=now,
             more=plan.more,
             archive_url=archive.page_url(self.config.newsletter, now, uid),
+            note=self.note_html(note.body) if note is not None else "",
         )
         content = self._content_of(0, uid, rendered.subject, rendered.html, rendered.text)
         digest, created = self.storage.create_digest(
@@ -491,12 +610,10 @@ class Publisher:
             now=now,
             batch_size=self.backend.batch_size_for(PreparedContent(content)),
             fire=fire,
+            # Taken in the digest's own transaction: shown once, never lost.
+            note_id=note.id if note is not None else None,
         )
-        if created:
-            log.info("digest %d created: %d articles", digest.number, len(rendered.articles))
-        else:
-            log.info("digest %d was created by another node; joining it", digest.number)
-        return digest, created
+        return digest, created, len(rendered.articles)
 
     def _reclaim(self) -> Reclaimed:
         """Take back dead nodes' batches; a digest that was waiting only for them may be
@@ -563,7 +680,12 @@ class Publisher:
                     (),
                     reason="no new articles since the last digest",
                 )
-            rendered = self.renderer.render(plan.articles, now=clock.now(), more=plan.more)
+            rendered = self.renderer.render(
+                plan.articles,
+                now=clock.now(),
+                more=plan.more,
+                note=self.note_html(self.next_note()),
+            )
             subject = rendered.subject
             articles = len(rendered.articles)
             recipients = self.storage.count_subscribers(SubscriberStatus.ACTIVE)

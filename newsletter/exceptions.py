@@ -93,6 +93,11 @@ class StorageError(NewsletterError):
     """The database could not be opened, migrated, read or written."""
 
 
+class NoteChanged(StorageError):
+    """The editor's note a digest was rendered with was replaced or cleared before the digest
+    was stored: nothing was stored; render again with the note as it is now."""
+
+
 class OutputError(NewsletterError):
     """A file could not be written (a full disk, a read-only or missing folder): an error of
     the machine, not of the data. Carries the path and the operating system's reason."""

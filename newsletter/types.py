@@ -279,6 +279,16 @@ class Digest:
 
 
 @dataclass(frozen=True)
+class EditorNote:
+    """The editor's note waiting to open the next digest: Markdown, taken by one digest."""
+
+    id: int
+    body: str  # Markdown
+    created_at: datetime
+    origin: str | None = None  # "file:..." when read from ``[digest] note_file``
+
+
+@dataclass(frozen=True)
 class DigestCounts:
     """Deliveries of one digest by state, for reports (cluster-wide totals)."""
 

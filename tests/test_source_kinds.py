@@ -158,7 +158,7 @@ def test_a_folder_refuses_the_keys_only_a_feed_reads(tmp_path: Path) -> None:
     )
     assert (e.key, e.message) == (
         "sources[0].timeout",
-        "unknown key (known: enabled, kind, name, path)",
+        "unknown key (known: enabled, full_content, kind, name, path)",
     )
 
 

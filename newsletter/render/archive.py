@@ -5,6 +5,8 @@ Layout, under the feeds' output folder (served at ``<site_url>archive/``)::
     archive/index.html                  every issue, newest first, with feed autodiscovery
                                         and a link to each tag's feeds
     archive/<YYYY-MM-DD>-<uid>.html     one digest as a web page
+    archive/articles/<slug>-<id>.html   one article that has no link of its own (an
+                                        editor's Markdown without a ``url``), in full
 
 A page's name comes from the digest's creation date (UTC, so that changing the newsletter's
 time zone never renames a page) and its ``uid``, the random id that is also part of every
@@ -16,17 +18,26 @@ filled for an anonymous reader (``anonymous_values``): no name, no address, and 
 "unsubscribe" link to the site's subscription page instead of anyone's personal token, so a
 shared link unsubscribes nobody.
 
+An article without a link of its own gets a page: its name is a slug of its key (a Markdown
+file's name, or its ``id``) and the first hex digits of its public ``uid``, both fixed once the
+article is stored, so the link in the feeds and the digests never changes when its title is
+edited. The page has the site's look, the feeds' autodiscovery links and a subscribe form
+(template ``article.html``); ``with_page_link`` gives such an article that page as its ``url``.
+
 Owns: the archive's file names and URLs, filling pages and rendering the index (template
-``archive.html``, found like every other template). Does not own: choosing or storing digests
-(``core``, ``storage``) or serving the files (the web app, or any static host).
+``archive.html``) and the article pages (``article.html``), found like every other template.
+Does not own: choosing or storing digests (``core``, ``storage``) or serving the files (the
+web app, or any static host).
 """
 
 from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,13 +46,16 @@ from newsletter.files import atomic_write
 from newsletter.personalize import Template
 from newsletter.render.digest import DigestRenderer, template_errors
 from newsletter.render.feeds import ATOM_FILE, JSON_FILE, RSS_FILE, read_tag_index
-from newsletter.types import Digest
+from newsletter.types import Article, Digest
 
 log = logging.getLogger(__name__)
 
 ARCHIVE_DIR = "archive"
 INDEX_FILE = "index.html"
 INDEX_TEMPLATE = "archive.html"
+ARTICLES_DIR = "articles"  # under ARCHIVE_DIR
+ARTICLE_TEMPLATE = "article.html"
+_SLUG_MAX = 60
 FEEDS_PATH = "feeds/"  # where render.feeds says the feeds live under the site URL
 # Where the anonymous copy's "unsubscribe" link goes: the page that explains how to subscribe
 # and leave. Only the link in each subscriber's own copy carries a token.
@@ -90,6 +104,33 @@ def index_url(newsletter: NewsletterSettings) -> str:
 def page_url(newsletter: NewsletterSettings, created_at: datetime, uid: str) -> str:
     """The public URL of a digest's page: the "view in your browser" link."""
     return index_url(newsletter) + page_name(created_at, uid)
+
+
+def article_page_name(article: Article) -> str:
+    """The file name of an article's page: ``<slug>-<8 hex digits of its uid>.html``.
+
+    The slug is the last segment of the article's key (``folder:notes/welcome.md`` gives
+    ``welcome``), the uid's digits keep two articles with the same file name in two folders
+    (or two sources) apart."""
+    stem = article.key.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    stem = stem[:-3] if stem.lower().endswith(".md") else stem
+    ascii_text = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:_SLUG_MAX].rstrip("-")
+    digits = re.sub(r"[^0-9a-f]", "", article.uid.removeprefix("urn:uuid:").lower())[:8]
+    return f"{slug or 'article'}-{digits}.html"
+
+
+def article_page_url(newsletter: NewsletterSettings, article: Article) -> str:
+    """The public URL of an article's page in the archive."""
+    return f"{index_url(newsletter)}{ARTICLES_DIR}/{article_page_name(article)}"
+
+
+def with_page_link(newsletter: NewsletterSettings, article: Article) -> Article:
+    """``article`` with its archive page as its ``url`` when it has no link of its own (an
+    editor's Markdown without ``url``): the link the feeds and the digest show."""
+    if article.url:
+        return article
+    return replace(article, url=article_page_url(newsletter, article))
 
 
 def anonymous_values(newsletter: NewsletterSettings, greeting_fallback: str) -> dict[str, str]:
@@ -178,6 +219,45 @@ def write_archive(
             written.append(path)
     if written:
         log.info("archive: wrote %d files in %s (%d issues)", len(written), folder, len(issues))
+    return written
+
+
+def write_article_pages(
+    articles: Iterable[Article],
+    *,
+    renderer: DigestRenderer,
+    output_dir: Path,
+    has_issues: bool = True,
+) -> list[Path]:
+    """Write the page of each article in ``articles`` that has no link of its own into
+    ``output_dir/archive/articles`` (template ``article.html``). Without ``has_issues`` (no
+    digest yet, so no archive index) the pages link to no past issues.
+
+    Returns the files (re)written; unchanged pages are left alone. Raises ``RenderError`` for
+    a broken template and ``OSError`` when a file cannot be written.
+    """
+    newsletter = renderer.newsletter
+    folder = output_dir / ARCHIVE_DIR / ARTICLES_DIR
+    feeds = feed_links(newsletter)
+    written = []
+    with template_errors(ARTICLE_TEMPLATE):
+        template = renderer.env.get_template(ARTICLE_TEMPLATE)
+        for article in articles:
+            if article.url:
+                continue
+            page = template.render(
+                newsletter=newsletter,
+                article=article,
+                url=article_page_url(newsletter, article),
+                feeds=feeds,
+                archive_url=index_url(newsletter) if has_issues else None,
+                subscribe_url=newsletter.site_url + SUBSCRIBE_PATH,
+            )
+            path = folder / article_page_name(article)
+            if atomic_write(path, page.encode()):
+                written.append(path)
+    if written:
+        log.info("archive: wrote %d article pages in %s", len(written), folder)
     return written
 
 

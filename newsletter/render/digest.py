@@ -2,11 +2,12 @@
 
 Owns: the one Jinja environment (the user's templates directory first, then ours), the
 template context, the subject and preheader, the single premailer pass that inlines the CSS,
-the size budget (Gmail clips a message over 102 KB: articles that do not fit become the
-"N more on the web" link) and the plain-text layout (72 columns, links as numbered
-references). Per-recipient values are left in as ``personalize`` placeholders, so a digest is
-rendered and inlined once, whatever the number of subscribers; ``personalize.Template`` fills
-them per recipient.
+the size budget (Gmail clips a message over 102 KB: a full-content article that does not fit
+is shown as its excerpt with a "Read more" link, then articles that still do not fit become
+the "N more on the web" link), the editor's note that opens a digest and the plain-text
+layout (72 columns, links as numbered references). Per-recipient values are left in as
+``personalize`` placeholders, so a digest is rendered and inlined once, whatever the number of
+subscribers; ``personalize.Template`` fills them per recipient.
 
 Does not own: choosing the articles, storing the digest, filling the placeholders, building
 MIME messages (``mail.message``) or anything per recipient.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -28,6 +30,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
+from inscriptis import get_text
+from inscriptis.model.config import ParserConfig
 from premailer import Premailer
 
 from newsletter import personalize
@@ -75,6 +79,7 @@ class RenderedDigest:
     # The articles shown, in the order given: fewer than asked when the HTML had to shrink.
     articles: tuple[Article, ...] = ()
     more: int = 0  # articles not shown (beyond max_items, or left out for size): "N more"
+    full: frozenset[int] = frozenset()  # ids of the articles shown whole (``full_content``)
 
     @property
     def size(self) -> int:
@@ -99,9 +104,12 @@ class DigestRenderer:
     sectioned), ``lead`` (first article), ``rest`` (how many others are shown), ``more`` (how
     many are not, with ``more_url`` where to find them), ``archive_url`` (this issue on the
     web, or None), ``now`` (in the newsletter's time zone), ``subject``, ``preheader``,
-    ``greeting_fallback``, ``image_width`` and ``recipient`` (placeholders: ``first_name``,
-    ``name``, ``email``, ``unsubscribe_url``). The text template also gets ``ref(url)``, which
-    returns ``[n]`` and lists the URL at the end of the message.
+    ``greeting_fallback``, ``image_width``, ``recipient`` (placeholders: ``first_name``,
+    ``name``, ``email``, ``unsubscribe_url``), ``full`` (ids of the articles shown whole:
+    ``{% if article.id in full %}``) and ``note`` (the editor's note as sanitized HTML, or
+    ""). The text template also gets ``ref(url)``, which returns ``[n]`` and lists the URL at
+    the end of the message, and ``fulltext(html)`` (HTML as paragraphs of text, links as
+    ``ref`` numbers).
     Filters: ``plaintext`` (HTML to one line of text), ``excerpt`` (plain text cut at a word
     boundary, ``SUMMARY_MAX`` characters unless given) and ``date`` (in the newsletter's zone).
     The subject and preheader templates see ``newsletter``, ``lead``, ``rest``, ``more`` and
@@ -115,6 +123,10 @@ class DigestRenderer:
         folders = [config.templates_dir] if config.templates_dir is not None else []
         folders.append(default_templates_dir())
         self.template_dirs: tuple[Path, ...] = tuple(folders)
+        # Sources whose articles the digest shows whole (their kind's ``full_content``).
+        self.full_sources = frozenset(
+            c.name for c in config.sources if getattr(c.options, "full_content", False) is True
+        )
         self.env = jinja2.Environment(
             loader=_OverridesLoader(folders),
             # HTML is escaped; the text template and the subject string are not.
@@ -143,22 +155,32 @@ class DigestRenderer:
         now: datetime,
         more: int = 0,
         archive_url: str | None = None,
+        note: str = "",
     ) -> RenderedDigest:
         """Render the digest of ``articles`` (newest first). Raises ``RenderError``.
 
         ``more`` counts articles that did not make it into ``articles`` (beyond
         ``digest.max_items``); ``archive_url`` is where this issue can be read on the web (the
-        "view in your browser" link; none without it). When the inlined HTML is over
-        ``HTML_MAX_BYTES``, articles are left out from the end, and counted into ``more``,
-        until it fits; the result says which articles it shows.
+        "view in your browser" link; none without it); ``note`` is the editor's note that
+        opens it (sanitized HTML). Articles of a ``full_content`` source are shown whole.
+        When the inlined HTML is over ``HTML_MAX_BYTES``, whole articles become excerpts with
+        their link, from the end, then articles are left out from the end, and counted into
+        ``more``, until it fits; the result says which articles it shows, and which whole.
         """
         if not articles:
             raise RenderError("a digest needs at least one article")
         # The digest shows trimmed copies; storage keeps the articles as they are.
         shown = [_trimmed(a) for a in articles]
+        full = {a.id for a in shown if a.source in self.full_sources and a.content.strip()}
+        note = clean_text(note)
         while True:
-            rendered = self._render(shown, now=now, more=more, archive_url=archive_url)
+            rendered = self._render(
+                shown, now=now, more=more, archive_url=archive_url, full=full, note=note
+            )
             size = rendered.size
+            if size > HTML_MAX_BYTES and full:
+                full = _fewer_whole(shown, full, size - HTML_MAX_BYTES)
+                continue
             if size > HTML_MAX_BYTES and len(shown) == 1 and shown[0] != _compact(shown[0]):
                 # One article still too big: a template that shows the whole content, say.
                 # It goes in as its excerpt, with the link to the rest.
@@ -174,6 +196,15 @@ class DigestRenderer:
             more += drop
         # Callers get the articles they gave (the ones shown), not the trimmed copies.
         rendered = replace(rendered, articles=tuple(articles[: len(shown)]))
+        whole = sum(a.source in self.full_sources and bool(a.content.strip()) for a in shown)
+        if len(full) < whole:
+            log.warning(
+                "the digest HTML was over %d KB, where Gmail clips a message: %d of %d "
+                "full-content articles are shown as excerpts with their link",
+                HTML_MAX_BYTES // 1000,
+                whole - len(full),
+                whole,
+            )
         left_out = len(articles) - len(shown)
         if left_out:
             log.warning(
@@ -195,7 +226,14 @@ class DigestRenderer:
         return rendered
 
     def _render(
-        self, articles: list[Article], *, now: datetime, more: int, archive_url: str | None
+        self,
+        articles: list[Article],
+        *,
+        now: datetime,
+        more: int,
+        archive_url: str | None,
+        full: set[int],
+        note: str,
     ) -> RenderedDigest:
         lead = articles[0]
         base: dict[str, Any] = {
@@ -219,6 +257,8 @@ class DigestRenderer:
             "more_url": self.newsletter.site_url,
             "archive_url": archive_url,
             "image_width": IMAGE_WIDTH,
+            "full": frozenset(full),
+            "note": note,
         }
         return RenderedDigest(
             subject=subject,
@@ -227,6 +267,7 @@ class DigestRenderer:
             text=self._text(context),
             articles=tuple(articles),
             more=more,
+            full=frozenset(full),
         )
 
     def _subject(self, base: dict[str, Any]) -> str:
@@ -275,7 +316,9 @@ class DigestRenderer:
     def _text(self, context: dict[str, Any]) -> str:
         refs = _References()
         with template_errors(TEXT_TEMPLATE):
-            body = self.env.get_template(TEXT_TEMPLATE).render({**context, "ref": refs})
+            body = self.env.get_template(TEXT_TEMPLATE).render(
+                {**context, "ref": refs, "fulltext": _FullText(refs)}
+            )
         return wrap_text(body.strip("\n")) + "\n" + refs.listing()
 
     def _date(self, value: datetime, fmt: str | None = None) -> str:
@@ -349,6 +392,20 @@ def _trimmed(article: Article) -> Article:
         content=clean_text(article.content),
         tags=tags,
     )
+
+
+def _fewer_whole(shown: Sequence[Article], full: set[int], excess: int) -> set[int]:
+    """``full`` less the last whole articles whose bodies add up to ``excess`` bytes (at
+    least one): they go in as excerpts. The render loop checks the result again."""
+    left = set(full)
+    for article in reversed(shown):
+        if article.id not in left:
+            continue
+        left.discard(article.id)
+        excess -= len(article.content.encode())
+        if excess <= 0:
+            break
+    return left
 
 
 def _compact(article: Article) -> Article:
@@ -437,6 +494,32 @@ def inline_css(html: str, *, base_url: str) -> str:
             template=HTML_TEMPLATE,
         )
     return inlined
+
+
+# What inscriptis writes for a link with ``display_links``: ``[text](url)``.
+_TEXT_LINK = re.compile(r"\[([^\[\]\n]*)\]\(([^()\s]+)\)")
+_TEXT_CONFIG = ParserConfig(display_links=True)
+
+
+class _FullText:
+    """``fulltext(html)`` in the text template: an HTML body as paragraphs of text (lists and
+    headings on lines of their own), its links numbered by ``ref`` and listed at the end, as
+    every other link of the text part."""
+
+    def __init__(self, refs: _References) -> None:
+        self.refs = refs
+
+    def __call__(self, fragment: str | None) -> str:
+        if not fragment:
+            return ""
+        text = get_text(fragment, _TEXT_CONFIG)
+
+        def numbered(match: re.Match[str]) -> str:
+            label, url = match.group(1).strip(), match.group(2)
+            return f"{label} {self.refs(url)}" if label else self.refs(url)
+
+        lines = (line.rstrip() for line in _TEXT_LINK.sub(numbered, text).split("\n"))
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
 
 
 class _References:

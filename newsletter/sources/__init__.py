@@ -102,7 +102,9 @@ StoredKeys = Callable[[str, Sequence[str]], Set[str]]
 @dataclass(frozen=True)
 class SourceContext:
     """What one gather run hands every source it builds: the HTTP session shared by all of
-    them, the ``[http]`` settings, and the zone in which dates written without one are read.
+    them, the ``[http]`` settings, the zone in which dates written without one are read, and
+    the site's URL (``newsletter.site_url``), against which a local file's relative links
+    resolve (None: left as they are).
 
     ``stored`` answers which article keys a source already has, for the kinds that must decide
     what to fetch (a listing page links to articles gathered on earlier runs: fetching each
@@ -115,6 +117,7 @@ class SourceContext:
     http: HttpSettings
     timezone: ZoneInfo
     stored: StoredKeys | None = None
+    site_url: str | None = None
 
 
 class SourceSettings(Protocol):
@@ -180,6 +183,7 @@ def make_source(
     http: HttpSettings,
     timezone: ZoneInfo,
     stored: StoredKeys | None = None,
+    site_url: str | None = None,
 ) -> Source:
     """Build the source ``config`` describes.
 
@@ -205,7 +209,10 @@ def make_source(
         )
     source_class: _SourceClass = _import(settings.source, f"the reader of kind {config.kind!r}")
     return source_class.from_config(
-        config, SourceContext(session=session, http=http, timezone=timezone, stored=stored)
+        config,
+        SourceContext(
+            session=session, http=http, timezone=timezone, stored=stored, site_url=site_url
+        ),
     )
 
 

@@ -6,6 +6,9 @@ CommonMark plus tables), and a validator over the whole folder so an untouched f
 re-read. A file that cannot be read is skipped and named in ``FetchResult.warning``; it never
 fails the other files.
 
+Relative links in the Markdown (``/archive/``, ``../about``) are the site's: the result's
+``base_url`` is ``newsletter.site_url``, against which ``newsletter.gather`` resolves them.
+
 Does not own: sanitizing the rendered HTML or resolving its links (``newsletter.gather``), or
 deciding whether an edited file changed its article (``newsletter.storage`` compares content;
 this module simply emits every file again).
@@ -62,18 +65,21 @@ class _BadFile(Exception):
 class FolderSource:
     """Markdown files under ``FolderSettings.path``; naive dates are read in ``timezone``."""
 
-    def __init__(self, config: SourceConfig, *, timezone: ZoneInfo) -> None:
+    def __init__(
+        self, config: SourceConfig, *, timezone: ZoneInfo, site_url: str | None = None
+    ) -> None:
         if not isinstance(config.options, FolderSettings):
             raise ConfigError(f"folder source {config.name!r} needs a `path`")
         self.name = config.name
         self.location = config.location
         self._root = config.options.path
         self._timezone = timezone
+        self._site_url = site_url
         self._md = MarkdownIt("commonmark").enable("table")
 
     @classmethod
     def from_config(cls, config: SourceConfig, context: SourceContext) -> Self:
-        return cls(config, timezone=context.timezone)
+        return cls(config, timezone=context.timezone, site_url=context.site_url)
 
     def __repr__(self) -> str:
         return f"FolderSource({self.name!r}, {self.location!r})"
@@ -90,7 +96,7 @@ class FolderSource:
                 f"cannot list folder: {e.strerror or e}", source=self.name, url=str(self._root)
             ) from e
         if state.etag == validator:
-            return FetchResult(not_modified=True, etag=validator)
+            return FetchResult(not_modified=True, etag=validator, base_url=self._site_url)
         entries: list[EntryData] = []
         skipped: list[str] = []
         for path in files:
@@ -112,7 +118,9 @@ class FolderSource:
         if skipped:
             noun = "file" if len(skipped) == 1 else "files"
             warning = f"skipped {len(skipped)} {noun}: " + "; ".join(skipped)
-        return FetchResult(entries=tuple(entries), etag=validator, warning=warning)
+        return FetchResult(
+            entries=tuple(entries), etag=validator, warning=warning, base_url=self._site_url
+        )
 
     # --- the folder ------------------------------------------------------------------------------
 
@@ -130,7 +138,8 @@ class FolderSource:
 
     def _validator(self, files: list[Path]) -> str:
         """A digest of every file's path, mtime and size (and what else changes the output)."""
-        h = hashlib.sha256(f"{_RENDER_VERSION}\n{self._timezone.key}\n".encode())
+        # The site's URL resolves the relative links: moving the site renders them again.
+        h = hashlib.sha256(f"{_RENDER_VERSION}\n{self._timezone.key}\n{self._site_url}\n".encode())
         for path in files:
             st = path.stat()
             h.update(f"{self._relative(path)}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())

@@ -90,12 +90,21 @@ class FeedSettings(FetchSettings):
     summary-only feed) or ``always``. Off by default, as Miniflux's per-feed crawler is and as
     rss2email never fetches: it means a request to the publisher's site per entry and putting
     a whole page of theirs into our feeds and digest, which is the editor's choice to make.
+
+    ``full_content``: the digest shows each item's whole body (within the digest's size
+    budget) instead of an excerpt; off by default, a feed's item usually has a page to read.
     """
 
     full_text: str = "never"
     full_text_min_chars: int = 600
+    full_content: bool = False
 
-    keys: ClassVar[tuple[str, ...]] = (*FetchSettings.keys, "full_text", "full_text_min_chars")
+    keys: ClassVar[tuple[str, ...]] = (
+        *FetchSettings.keys,
+        "full_text",
+        "full_text_min_chars",
+        "full_content",
+    )
     source: ClassVar[str] = "newsletter.sources.feed:FeedSource"
 
     @classmethod
@@ -116,16 +125,22 @@ class FeedSettings(FetchSettings):
                 maximum=10**6,
                 integer=True,
             ),
+            full_content=t.get("full_content", bool, False, "true or false"),
         )
 
 
 @dataclass(frozen=True)
 class FolderSettings:
-    """``kind = "folder"``: the Markdown files under the directory ``path``."""
+    """``kind = "folder"``: the Markdown files under the directory ``path``.
+
+    ``full_content`` (on by default): the digest shows each article whole, links kept, since
+    an editor's article is written for the readers of this newsletter.
+    """
 
     path: Path
+    full_content: bool = True
 
-    keys: ClassVar[tuple[str, ...]] = ("path",)
+    keys: ClassVar[tuple[str, ...]] = ("path", "full_content")
     source: ClassVar[str] = "newsletter.sources.folder:FolderSource"
 
     @property
@@ -142,7 +157,7 @@ class FolderSettings:
         path = t.path_value("path", None)
         if path is None:
             raise t.error("path", "a folder source needs `path` (and no `url`)")
-        return cls(path=path)
+        return cls(path=path, full_content=t.get("full_content", bool, True, "true or false"))
 
 
 @dataclass(frozen=True)

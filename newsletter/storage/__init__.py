@@ -5,7 +5,8 @@
 - ``articles``: sources and articles; ``pages``: the full-text page cache; ``subscribers``;
   ``deliveries``: digests, batches and deliveries with their leases; ``runs``: scheduled
   fires, nodes, meta values, the run lock; ``web``: what the ``serve`` processes share (rate
-  buckets, webhook tokens, confirmations waiting to go);
+  buckets, webhook tokens, confirmations waiting to go); ``notes``: the editor's note waiting
+  for the next digest;
 - ``schema``: tables and numbered migrations; ``_base``: the engine, transactions, dialects.
 
 ``SqlStorage`` puts the domains together for SQLite and PostgreSQL (psycopg 3). No business
@@ -19,6 +20,7 @@ import secrets
 from newsletter.storage._base import normalize_url, safe_url
 from newsletter.storage.articles import ArticlesMixin, article_uid
 from newsletter.storage.deliveries import DeliveriesMixin
+from newsletter.storage.notes import NotesMixin
 from newsletter.storage.pages import PagesMixin
 from newsletter.storage.protocol import Storage
 from newsletter.storage.runs import RunsMixin
@@ -37,7 +39,13 @@ __all__ = [
 
 
 class SqlStorage(
-    ArticlesMixin, PagesMixin, SubscribersMixin, DeliveriesMixin, RunsMixin, WebStateMixin
+    ArticlesMixin,
+    PagesMixin,
+    SubscribersMixin,
+    DeliveriesMixin,
+    RunsMixin,
+    WebStateMixin,
+    NotesMixin,
 ):
     """``Storage`` on SQLite or PostgreSQL. Opening migrates; raises ``StorageError``."""
 

@@ -22,6 +22,7 @@ from sqlalchemy import String, and_, bindparam, cast, func, literal, select, tex
 
 from newsletter.storage import schema as s
 from newsletter.storage._base import StorageBase
+from newsletter.storage.notes import take_note
 from newsletter.types import (
     BatchStatus,
     ClaimedBatch,
@@ -66,6 +67,7 @@ class DeliveriesMixin(StorageBase):
         batch_size: int,
         fire: str | None = None,
         covered_ids: Sequence[int] = (),
+        note_id: int | None = None,
     ) -> tuple[Digest, bool]:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -114,6 +116,9 @@ class DeliveriesMixin(StorageBase):
                         .values(covered_by=digest_id)
                     )
                 self._freeze_recipients(conn, digest_id, now, batch_size, f"nl-{uid}")
+                if note_id is not None:
+                    # Same transaction: the digest exists with its note, or neither changed.
+                    take_note(conn, note_id, digest_id)
         digest = self.get_digest(int(digest_id))
         assert digest is not None
         return digest, created

@@ -26,6 +26,7 @@ from newsletter.types import (
     DeliveryResult,
     Digest,
     DigestCounts,
+    EditorNote,
     ExpiredLease,
     FetchResult,
     LeaseHolder,
@@ -190,16 +191,35 @@ class Storage(Protocol):
         batch_size: int,
         fire: str | None = None,
         covered_ids: Sequence[int] = (),
+        note_id: int | None = None,
     ) -> tuple[Digest, bool]:
         """Store digest ``number`` and freeze its recipients (every active subscriber now) in
         batches of ``batch_size``, keyed ``nl-<uid>-<n>``. The articles in ``article_ids`` and
         ``covered_ids`` that no digest covered yet are covered by this one (in no later
         digest's candidates). Returns (digest, created): when another process already created
         that number or that ``fire``, nothing is written and the existing digest is returned
-        with False."""
+        with False. ``note_id``: the waiting editor's note the digest opens with, taken by it
+        in the same transaction; raises ``NoteChanged`` (and stores nothing) when that note is
+        no longer the waiting one."""
 
     def get_digest(self, digest_id: int) -> Digest | None:
         """By id."""
+
+    # --- the editor's note -----------------------------------------------------------------------
+
+    def set_note(self, body: str, now: datetime, *, origin: str | None = None) -> bool:
+        """Make ``body`` (Markdown) the note waiting for the next digest, replacing the one
+        waiting. With ``origin`` (a note file's identity), nothing happens when a note of
+        that origin was ever stored, waiting or taken: returns False."""
+
+    def pending_note(self) -> EditorNote | None:
+        """The note waiting for the next digest, if any."""
+
+    def clear_note(self) -> bool:
+        """Drop the waiting note. False when there was none."""
+
+    def digest_note(self, digest_id: int) -> EditorNote | None:
+        """The note digest ``digest_id`` took, if any."""
 
     def list_digests(self) -> list[Digest]:
         """Every digest, newest first."""

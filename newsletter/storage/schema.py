@@ -304,6 +304,24 @@ pages = Table(
     Column("text_length", Integer),
 )
 
+# The editor's note that opens the next digest. ``pending`` is True for the one note waiting
+# and NULL once a digest took it (``digest_id``): unique, so there is never a second waiting
+# note, whatever the number of writers. ``origin`` names a note read from a file (its hash
+# and mtime): unique, so a file read again after a crash is not taken twice.
+editor_notes = Table(
+    "editor_notes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("body", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("origin", String(200), unique=True),
+    Column("pending", Boolean, unique=True),
+    Column("digest_id", Integer, ForeignKey("digests.id")),
+    # Ids never reused (SQLite would hand a deleted note's id to the next one): a digest
+    # rendered with a note that was replaced since must not take its successor.
+    sqlite_autoincrement=True,
+)
+
 
 # --- migrations ----------------------------------------------------------------------------------
 
@@ -439,9 +457,14 @@ def _m7_articles_covered_by(conn: Connection) -> None:
     ix_articles_uncovered.create(conn, checkfirst=True)
 
 
-def _m_page_cache(conn: Connection) -> None:
+def _m8_page_cache(conn: Connection) -> None:
     """The full-text page cache: a new table, empty (the next fetch fills it)."""
     pages.create(conn, checkfirst=True)
+
+
+def _m9_editor_notes(conn: Connection) -> None:
+    """The editor's note (``newsletter note``, ``[digest] note_file``), taken by one digest."""
+    editor_notes.create(conn, checkfirst=True)
 
 
 # MIGRATIONS[n] brings a database from version n + 1 to n + 2; version 1 is create_all above.
@@ -452,7 +475,8 @@ MIGRATIONS: list[Migration] = [
     _m5_nodes_and_leases,
     _m6_shared_web_state,
     _m7_articles_covered_by,
-    _m_page_cache,
+    _m8_page_cache,
+    _m9_editor_notes,
 ]
 VERSION = 1 + len(MIGRATIONS)
 

@@ -135,11 +135,12 @@ class PreviewState:
 
     def snapshot(self) -> Hashable:
         """What the preview depends on: the config file, every template file, and the articles
-        the next digest would hold (their content, not just their number)."""
+        the next digest would hold (their content, not just their number), and the editor's
+        note it would open with."""
         try:
             publisher = self.site.publisher()
             self._template_dirs = publisher.renderer.template_dirs
-            plan: Hashable = hash(publisher.plan_digest(force=True))
+            plan: Hashable = hash((publisher.plan_digest(force=True), publisher.next_note()))
         except NewsletterError as e:
             plan = ("error", str(e))
         return files_stamp([self.site.config_file, *self._template_dirs]), plan

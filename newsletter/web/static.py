@@ -50,7 +50,7 @@ from starlette.responses import FileResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import BaseRoute, Route
 
 from newsletter.exceptions import NewsletterError
-from newsletter.render.archive import ARCHIVE_DIR, INDEX_FILE
+from newsletter.render.archive import ARCHIVE_DIR, ARTICLES_DIR, INDEX_FILE
 from newsletter.web.site import Site
 
 log = logging.getLogger(__name__)
@@ -315,7 +315,9 @@ def _not_found() -> Response:
 
 def _archive_cache_control(relative: str) -> str:
     name = relative.rsplit("/", 1)[-1]
-    return ARCHIVE_INDEX_CACHE if name in ("", INDEX_FILE) else ARCHIVE_PAGE_CACHE
+    if name in ("", INDEX_FILE) or relative.startswith(ARTICLES_DIR + "/"):
+        return ARCHIVE_INDEX_CACHE
+    return ARCHIVE_PAGE_CACHE
 
 
 def routes(site: Site) -> list[BaseRoute]:
