@@ -1,0 +1,216 @@
+"""One story, told once: which stored articles tell the same story, across sources.
+
+Each article's body (its content, else its summary) becomes normalized words (tags dropped,
+case folded, punctuation gone) and the set of its word 5-shingles. Two articles of different
+sources tell the same story when at least ``min_overlap`` of the smaller one's shingles
+appear in the other and they share at least ``min_shared``. That holds for a summary that
+quotes a long article, a republication with inserted comments, a changed headline or an
+edited press release, and not for two stories on the same topic, which share words but
+seldom five in a row (``tests/data/grouping/``, ``benchmarks/grouping.py``). A shingle found
+in more than ``max_df`` articles of the window is boilerplate (a newsletter footer, a
+copyright line) and counts for nothing. Stories are the connected components of those pairs.
+
+Articles are read once, in the order they arrived, through a sliding window of
+``window_hours`` of first-seen time: an article is compared with those that arrived at most
+that long before it, through an inverted index of the window's shingles, so the memory is the
+window's and the work grows with the number of articles, not its square. The decision about
+an article is taken when it arrives and uses only what arrived before it: a group found once
+stays the same in every later run, whatever arrives afterwards (an article arriving later can
+only join it), which keeps the feeds' archive pages unchanged.
+
+Owns: normalizing, shingling, the index and the grouping rule. Does not own: reading
+articles (the caller streams them) or showing groups (``render.digest``, ``render.feeds``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from newsletter.text import html_to_text
+from newsletter.types import Article
+
+SHINGLE_WORDS = 5
+# \w is Unicode-aware: letters and digits of every script are words; punctuation is dropped.
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """``[digest] group*`` keys: whether to group, and the rule's thresholds."""
+
+    enabled: bool = True
+    min_overlap: float = 0.3  # shared shingles / the smaller article's shingles
+    min_shared: int = 10
+    max_df: int = 50  # a shingle in more articles of the window than this is boilerplate
+    window_hours: float = 168.0  # articles further apart (first seen) are never compared
+
+
+@dataclass(frozen=True)
+class RelatedLink:
+    """Another version of an article's story, as a feed links to it."""
+
+    uid: str
+    url: str | None
+
+
+@dataclass(frozen=True)
+class Stories:
+    """The groups found: each article id in a group of two or more, mapped to its group's ids
+    (its own included) in arrival order. An article alone is in no group."""
+
+    groups: Mapping[int, tuple[int, ...]]
+
+    def group_of(self, article_id: int) -> tuple[int, ...]:
+        return self.groups.get(article_id, (article_id,))
+
+    def related(self, article_id: int) -> tuple[int, ...]:
+        """The other members of the article's group (none when it is alone)."""
+        return tuple(i for i in self.group_of(article_id) if i != article_id)
+
+    @property
+    def count(self) -> int:
+        """How many groups of two or more there are."""
+        return len({g for g in self.groups.values()})
+
+
+def words(html: str) -> list[str]:
+    """The normalized words of an HTML fragment: its text, case folded, without punctuation."""
+    return _WORD.findall(html_to_text(html).casefold())
+
+
+def shingles(tokens: list[str], size: int = SHINGLE_WORDS) -> frozenset[str]:
+    """The word ``size``-shingles of ``tokens``; a text shorter than that is one shingle."""
+    if len(tokens) < size:
+        return frozenset({" ".join(tokens)}) if tokens else frozenset()
+    return frozenset(" ".join(tokens[i : i + size]) for i in range(len(tokens) - size + 1))
+
+
+def body(article: Article) -> str:
+    """The text an article is compared by: its content, else its summary."""
+    return article.content if article.content.strip() else article.summary
+
+
+class StoryIndex:
+    """Groups articles fed to ``add`` in arrival order (see the module's docstring)."""
+
+    def __init__(self, settings: GroupSettings) -> None:
+        self.settings = settings
+        self.window = timedelta(hours=settings.window_hours)
+        self._live: deque[tuple[int, datetime, frozenset[str]]] = deque()
+        # shingle -> the window's articles that have it (a dict: an ordered set whose
+        # removals, when an article leaves the window, cost O(1)).
+        self._postings: dict[str, dict[int, None]] = {}
+        self._df: Counter[str] = Counter()
+        self._sizes: dict[int, int] = {}
+        self._sources: dict[int, str] = {}
+        self._parent: dict[int, int] = {}
+        self._order: dict[int, int] = {}  # article id -> arrival position
+
+    def add(self, article: Article) -> None:
+        """Compare ``article`` with the window's articles, then index it."""
+        self._evict(article.first_seen - self.window)
+        own = shingles(words(body(article)))
+        if not own:
+            return
+        aid = article.id
+        self._order.setdefault(aid, len(self._order))
+        max_df = self.settings.max_df
+        shared: Counter[int] = Counter()
+        df = self._df
+        postings = self._postings
+        for shingle in own:
+            df[shingle] += 1
+            if df[shingle] > max_df:
+                continue
+            found = postings.get(shingle)
+            if found:
+                shared.update(found.keys())
+        size = len(own)
+        for other, count in shared.items():
+            if count < self.settings.min_shared or self._sources[other] == article.source:
+                continue
+            if count >= self.settings.min_overlap * min(size, self._sizes[other]):
+                self._union(aid, other)
+        for shingle in own:
+            postings.setdefault(shingle, {})[aid] = None
+        self._sizes[aid] = size
+        self._sources[aid] = article.source
+        self._live.append((aid, article.first_seen, own))
+
+    def stories(self) -> Stories:
+        members: dict[int, list[int]] = {}
+        for aid in self._parent:
+            members.setdefault(self._find(aid), []).append(aid)
+        groups: dict[int, tuple[int, ...]] = {}
+        for ids in members.values():
+            if len(ids) > 1:
+                group = tuple(sorted(ids, key=self._order.__getitem__))
+                groups.update(dict.fromkeys(group, group))
+        return Stories(groups)
+
+    def _evict(self, before: datetime) -> None:
+        while self._live and self._live[0][1] < before:
+            aid, _, own = self._live.popleft()
+            for shingle in own:
+                found = self._postings[shingle]
+                del found[aid]
+                if not found:
+                    del self._postings[shingle]
+                left = self._df[shingle] - 1
+                if left:
+                    self._df[shingle] = left
+                else:
+                    del self._df[shingle]
+            del self._sizes[aid], self._sources[aid]
+
+    def _find(self, aid: int) -> int:
+        parent = self._parent
+        root = aid
+        while parent[root] != root:
+            root = parent[root]
+        while parent[aid] != root:  # path compression
+            parent[aid], aid = root, parent[aid]
+        return root
+
+    def _union(self, a: int, b: int) -> None:
+        for aid in (a, b):
+            self._parent.setdefault(aid, aid)
+        ra, rb = self._find(a), self._find(b)
+        if ra != rb:
+            # The earlier arrival stays the root: the result does not depend on dict order.
+            first, second = sorted((ra, rb), key=self._order.__getitem__)
+            self._parent[second] = first
+
+
+def group_stories(articles: Iterable[Article], settings: GroupSettings) -> Stories:
+    """The stories among ``articles``, read in arrival order (``Storage.articles_page``'s:
+    first seen, published, id), as the feeds read the whole history."""
+    index = StoryIndex(settings)
+    if settings.enabled:
+        for article in sorted(articles, key=lambda a: (a.first_seen, a.published, a.id)):
+            index.add(article)
+    return index.stories()
+
+
+def related_links(
+    history: Iterable[Article], settings: GroupSettings
+) -> dict[int, tuple[RelatedLink, ...]]:
+    """For each article in a story told by several sources, the story's other versions, in
+    arrival order. ``history`` is every article in arrival order (``Storage.articles_page``),
+    read once; only the window's shingles and each article's id, uid and URL are held."""
+    if not settings.enabled:
+        return {}
+    index = StoryIndex(settings)
+    links: dict[int, RelatedLink] = {}
+    for article in history:
+        index.add(article)
+        links[article.id] = RelatedLink(article.uid, article.url)
+    out: dict[int, tuple[RelatedLink, ...]] = {}
+    stories = index.stories()
+    for aid in stories.groups:
+        out[aid] = tuple(links[other] for other in stories.related(aid))
+    return out
