@@ -35,6 +35,7 @@ from newsletter.exceptions import (
 )
 from newsletter.files import remove_leftover_temp_files
 from newsletter.gather import ItemLimits, gather
+from newsletter.grouping import related_links
 from newsletter.mail import make_backend
 from newsletter.mail.base import MailBackend, PreparedContent
 from newsletter.node import Node
@@ -254,12 +255,16 @@ class Publisher:
                 offset += len(batch)
 
         feeds = self.config.feeds
+        # A first pass finds the stories told by several sources: an item on an archive page
+        # links to versions that may arrive pages later.
+        related = related_links(history(), self.config.digest.group)
         with _writing("feeds not written", feeds.output_dir):
             written = write_feeds(
                 history(),
                 self.config.newsletter,
                 feeds,
                 max_tags=self.config.http.max_tags_per_item,
+                related=related,
             )
         if feeds.websub_hub and written.changed:
             ping_hub(

@@ -31,8 +31,9 @@ import jinja2
 from premailer import Premailer
 
 from newsletter import personalize
-from newsletter.config import Config
+from newsletter.config import Config, DigestSettings
 from newsletter.exceptions import RenderError
+from newsletter.grouping import body, group_stories
 from newsletter.text import clean_line, clean_text, html_to_text, shorten, wrap_text
 from newsletter.types import Article
 
@@ -73,8 +74,29 @@ class RenderedDigest:
     html: str  # inlined, with placeholders
     text: str  # wrapped, with placeholders
     # The articles shown, in the order given: fewer than asked when the HTML had to shrink.
+    # A story's other versions ("Also in") count as shown: their links are in the digest.
     articles: tuple[Article, ...] = ()
     more: int = 0  # articles not shown (beyond max_items, or left out for size): "N more"
+    # The stories told by several sources, each as its ids: the lead's, then the others'.
+    groups: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def grouped(self) -> int:
+        """How many articles are shown as one of a story's several versions."""
+        return sum(len(g) for g in self.groups)
+
+    def stories(self) -> list[tuple[Article, tuple[Article, ...]]]:
+        """The items as the digest shows them: each lead with its story's other versions."""
+        by_id = {a.id: a for a in self.articles}
+        group_of = {i: g for g in self.groups for i in g}
+        out: list[tuple[Article, tuple[Article, ...]]] = []
+        seen: set[int] = set()
+        for article in self.articles:
+            group = group_of.get(article.id, (article.id,))
+            if group[0] not in seen:
+                seen.add(group[0])
+                out.append((by_id[group[0]], tuple(by_id[i] for i in group[1:])))
+        return out
 
     @property
     def size(self) -> int:
@@ -99,7 +121,9 @@ class DigestRenderer:
     sectioned), ``lead`` (first article), ``rest`` (how many others are shown), ``more`` (how
     many are not, with ``more_url`` where to find them), ``archive_url`` (this issue on the
     web, or None), ``now`` (in the newsletter's time zone), ``subject``, ``preheader``,
-    ``greeting_fallback``, ``image_width`` and ``recipient`` (placeholders: ``first_name``,
+    ``greeting_fallback``, ``image_width``, ``also`` (article id -> the other versions of
+    its story, for "Also in"; a story told by several sources is shown once, by its fullest
+    version, at the place of its newest) and ``recipient`` (placeholders: ``first_name``,
     ``name``, ``email``, ``unsubscribe_url``). The text template also gets ``ref(url)``, which
     returns ``[n]`` and lists the URL at the end of the message.
     Filters: ``plaintext`` (HTML to one line of text), ``excerpt`` (plain text cut at a word
@@ -154,10 +178,16 @@ class DigestRenderer:
         """
         if not articles:
             raise RenderError("a digest needs at least one article")
+        leads, also = _stories(articles, self.settings)
         # The digest shows trimmed copies; storage keeps the articles as they are.
-        shown = [_trimmed(a) for a in articles]
+        shown = [_trimmed(a) for a in leads]
+        others = {k: [_trimmed(a) for a in v] for k, v in also.items()}
+
+        def weight(lead: Article) -> int:  # the articles a lead brings into the digest
+            return 1 + len(also.get(lead.id, ()))
+
         while True:
-            rendered = self._render(shown, now=now, more=more, archive_url=archive_url)
+            rendered = self._render(shown, now=now, more=more, archive_url=archive_url, also=others)
             size = rendered.size
             if size > HTML_MAX_BYTES and len(shown) == 1 and shown[0] != _compact(shown[0]):
                 # One article still too big: a template that shows the whole content, say.
@@ -171,10 +201,17 @@ class DigestRenderer:
             per_article = size / len(shown)
             drop = min(len(shown) - 1, max(1, math.ceil((size - HTML_MAX_BYTES) / per_article)))
             shown = shown[:-drop]
-            more += drop
+            more += sum(weight(lead) for lead in leads[len(shown) : len(shown) + drop])
         # Callers get the articles they gave (the ones shown), not the trimmed copies.
-        rendered = replace(rendered, articles=tuple(articles[: len(shown)]))
-        left_out = len(articles) - len(shown)
+        kept = leads[: len(shown)]
+        ids = {a.id for lead in kept for a in (lead, *also.get(lead.id, ()))}
+        groups = tuple(
+            (lead.id, *(a.id for a in also[lead.id])) for lead in kept if lead.id in also
+        )
+        rendered = replace(
+            rendered, articles=tuple(a for a in articles if a.id in ids), groups=groups
+        )
+        left_out = len(articles) - len(ids)
         if left_out:
             log.warning(
                 "the digest HTML was over %d KB, where Gmail clips a message: left the last %d "
@@ -190,12 +227,23 @@ class DigestRenderer:
                 size / 1000,
             )
         log.debug(
-            "rendered digest of %d articles (+%d more): %d bytes of HTML", len(shown), more, size
+            "rendered digest of %d articles (+%d more, %d stories from several sources): "
+            "%d bytes of HTML",
+            len(ids),
+            more,
+            len(groups),
+            size,
         )
         return rendered
 
     def _render(
-        self, articles: list[Article], *, now: datetime, more: int, archive_url: str | None
+        self,
+        articles: list[Article],
+        *,
+        now: datetime,
+        more: int,
+        archive_url: str | None,
+        also: dict[int, list[Article]],
     ) -> RenderedDigest:
         lead = articles[0]
         base: dict[str, Any] = {
@@ -219,6 +267,7 @@ class DigestRenderer:
             "more_url": self.newsletter.site_url,
             "archive_url": archive_url,
             "image_width": IMAGE_WIDTH,
+            "also": also,
         }
         return RenderedDigest(
             subject=subject,
@@ -349,6 +398,30 @@ def _trimmed(article: Article) -> Article:
         content=clean_text(article.content),
         tags=tags,
     )
+
+
+def _stories(
+    articles: Sequence[Article], settings: DigestSettings
+) -> tuple[list[Article], dict[int, list[Article]]]:
+    """The digest's items: a story told by several sources once, by its fullest version (the
+    longest text) at the place of its first version in ``articles``, and for each such lead
+    the story's other versions in the order given."""
+    stories = group_stories(articles, settings.group)
+    by_id = {a.id: a for a in articles}
+    leads: list[Article] = []
+    also: dict[int, list[Article]] = {}
+    done: set[int] = set()
+    for article in articles:
+        if article.id in done:
+            continue
+        group = stories.group_of(article.id)
+        done.update(group)
+        members = [a for a in articles if a.id in group] if len(group) > 1 else [article]
+        lead = max(members, key=lambda a: (len(html_to_text(body(a))), -members.index(a)))
+        leads.append(lead)
+        if len(members) > 1:
+            also[lead.id] = [by_id[a.id] for a in members if a is not lead]
+    return leads, also
 
 
 def _compact(article: Article) -> Article:
