@@ -24,6 +24,7 @@ articles (the caller streams them) or showing groups (``render.digest``, ``rende
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
@@ -86,7 +87,10 @@ def shingles(tokens: list[str], size: int = SHINGLE_WORDS) -> frozenset[str]:
     """The word ``size``-shingles of ``tokens``; a text shorter than that is one shingle."""
     if len(tokens) < size:
         return frozenset({" ".join(tokens)}) if tokens else frozenset()
-    return frozenset(" ".join(tokens[i : i + size]) for i in range(len(tokens) - size + 1))
+    # zip of the shifted lists: every run of ``size`` words, built in C, not a Python loop.
+    # The lists differ in length on purpose: zip stops with the shortest, the last run.
+    runs = zip(*(tokens[i:] for i in range(size)), strict=False)
+    return frozenset(map(" ".join, runs))
 
 
 def body(article: Article) -> str:
@@ -101,10 +105,14 @@ class StoryIndex:
         self.settings = settings
         self.window = timedelta(hours=settings.window_hours)
         self._live: deque[tuple[int, datetime, frozenset[str]]] = deque()
-        # shingle -> the window's articles that have it (a dict: an ordered set whose
-        # removals, when an article leaves the window, cost O(1)).
-        self._postings: dict[str, dict[int, None]] = {}
-        self._df: Counter[str] = Counter()
+        # The inverted index of the window, in two parts, so that the work done in Python
+        # is for the few shingles an article shares and the rest is done by set operations
+        # in C: ``_single`` holds a shingle only one article of the window has (most of
+        # them), ``_multi`` the others with their articles in arrival order (its length is
+        # the shingle's document frequency). Articles leave the window in arrival order, so
+        # the one leaving is the first of each of its lists.
+        self._single: dict[str, int] = {}
+        self._multi: dict[str, list[int]] = {}
         self._sizes: dict[int, int] = {}
         self._sources: dict[int, str] = {}
         self._parent: dict[int, int] = {}
@@ -118,25 +126,33 @@ class StoryIndex:
             return
         aid = article.id
         self._order.setdefault(aid, len(self._order))
+        single, multi = self._single, self._multi
+        informative: list[list[int]] = []
+        for shingle in own & single.keys():
+            pair = multi[shingle] = [single.pop(shingle), aid]
+            informative.append(pair)  # in two articles: never past max_df, which is >= 2
         max_df = self.settings.max_df
-        shared: Counter[int] = Counter()
-        df = self._df
-        postings = self._postings
-        for shingle in own:
-            df[shingle] += 1
-            if df[shingle] > max_df:
-                continue
-            found = postings.get(shingle)
-            if found:
-                shared.update(found.keys())
+        for shingle in own & multi.keys():
+            found = multi[shingle]
+            if found[-1] == aid:
+                continue  # moved from ``single`` just above
+            # With this article the shingle is in len(found) + 1 articles of the window.
+            if len(found) < max_df:
+                informative.append(found)
+            found.append(aid)
+        # difference() with a dict looks each of ``own`` up in it; ``own - d.keys()`` would
+        # walk the whole dict instead.
+        new = own.difference(single).difference(multi)
+        single.update(zip(new, itertools.repeat(aid)))
+        # One count over the concatenated lists, in C; ``aid`` itself is in each of them.
+        shared = Counter(itertools.chain.from_iterable(informative))
         size = len(own)
+        min_shared, min_overlap = self.settings.min_shared, self.settings.min_overlap
         for other, count in shared.items():
-            if count < self.settings.min_shared or self._sources[other] == article.source:
+            if other == aid or count < min_shared or self._sources[other] == article.source:
                 continue
-            if count >= self.settings.min_overlap * min(size, self._sizes[other]):
+            if count >= min_overlap * min(size, self._sizes[other]):
                 self._union(aid, other)
-        for shingle in own:
-            postings.setdefault(shingle, {})[aid] = None
         self._sizes[aid] = size
         self._sources[aid] = article.source
         self._live.append((aid, article.first_seen, own))
@@ -153,18 +169,18 @@ class StoryIndex:
         return Stories(groups)
 
     def _evict(self, before: datetime) -> None:
+        single, multi = self._single, self._multi
         while self._live and self._live[0][1] < before:
             aid, _, own = self._live.popleft()
-            for shingle in own:
-                found = self._postings[shingle]
-                del found[aid]
-                if not found:
-                    del self._postings[shingle]
-                left = self._df[shingle] - 1
-                if left:
-                    self._df[shingle] = left
-                else:
-                    del self._df[shingle]
+            shared = own & multi.keys()
+            for shingle in shared:
+                found = multi[shingle]
+                del found[0]
+                if len(found) == 1:
+                    single[shingle] = found[0]
+                    del multi[shingle]
+            for shingle in own - shared:  # in ``single``, and so the leaving article's
+                del single[shingle]
             del self._sizes[aid], self._sources[aid]
 
     def _find(self, aid: int) -> int:
