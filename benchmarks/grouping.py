@@ -53,7 +53,7 @@ from newsletter.grouping import (  # noqa: E402
 )
 from newsletter.render.feeds import write_feeds  # noqa: E402
 from newsletter.types import Article  # noqa: E402
-from tests._grouping_set import load_set  # noqa: E402
+from tests._grouping_set import load_set, story  # noqa: E402
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -131,22 +131,9 @@ def synthetic(n: int, seed: int) -> tuple[list[Article], set[frozenset[int]]]:
             paras = _paragraphs(rng, vocab, weights, rng.randint(400, 700))
         if source == "Source 0":
             paras.append(footer)
-        articles.append(
-            Article(
-                id=i + 1,
-                uid=f"urn:bench:{i}",
-                source=source,
-                key=f"k{i}",
-                title=f"Article {i}",
-                url=f"https://example.com/{i}",
-                author=None,
-                published=when,
-                updated=when,
-                first_seen=when,
-                summary="",
-                content="".join(f"<p>{p}</p>" for p in paras),
-            )
-        )
+        content = "".join(f"<p>{p}</p>" for p in paras)
+        url = f"https://example.com/{i}"
+        articles.append(story(i, source=source, when=when, content=content, url=url))
     return articles, planted
 
 

@@ -30,6 +30,32 @@ def paragraphs_html(text: str) -> str:
     return "".join(f"<p>{escape(p.strip())}</p>" for p in text.split("\n\n") if p.strip())
 
 
+def story(
+    n: int,
+    *,
+    source: str,
+    when: datetime,
+    content: str,
+    title: str | None = None,
+    url: str | None = None,
+) -> Article:
+    """Stored article ``n`` (its id is ``n + 1``), first seen and published at ``when``."""
+    return Article(
+        id=n + 1,
+        uid=f"urn:uuid:00000000-0000-4000-9000-{n:012d}",
+        source=source,
+        key=url or f"story-{n}",
+        title=title or f"Story {n}",
+        url=url,
+        author=None,
+        published=when,
+        updated=when,
+        first_seen=when,
+        summary="",
+        content=content,
+    )
+
+
 def load_set(folder: Path = FOLDER) -> LabelledSet:
     articles: dict[str, Article] = {}
     for n, path in enumerate(sorted(folder.glob("*.txt"))):
@@ -37,19 +63,13 @@ def load_set(folder: Path = FOLDER) -> LabelledSet:
         meta = dict(line.split(": ", 1) for line in head.splitlines())
         # An hour apart, in file order: all inside one grouping window.
         when = START + timedelta(hours=n)
-        articles[path.stem] = Article(
-            id=n + 1,
-            uid=f"urn:uuid:00000000-0000-4000-9000-{n:012d}",
+        articles[path.stem] = story(
+            n,
             source=meta["source"],
-            key=f"https://{path.stem}.example.com/story",
+            when=when,
+            content=paragraphs_html(text),
             title=meta["title"],
             url=f"https://{path.stem}.example.com/story",
-            author=None,
-            published=when,
-            updated=when,
-            first_seen=when,
-            summary="",
-            content=paragraphs_html(text),
         )
     labels = tomllib.loads((folder / "labels.toml").read_text(encoding="utf-8"))
     return LabelledSet(

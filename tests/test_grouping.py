@@ -28,7 +28,7 @@ from newsletter.render.feeds import write_feeds
 from newsletter.types import Article
 from tests import feedcheck
 from tests._factories import BASE_TIME, make_config
-from tests._grouping_set import LabelledSet, load_set, paragraphs_html
+from tests._grouping_set import LabelledSet, load_set, paragraphs_html, story
 
 from .test_config import MINIMAL
 
@@ -102,20 +102,7 @@ def _filler(n: int, rng: random.Random, tail: str) -> Article:
     """A press release of 450 words of its own, ending with ``tail`` (HTML)."""
     text = " ".join(f"w{rng.randrange(200_000)}" for _ in range(450))
     when = BASE_TIME - timedelta(hours=100) + timedelta(minutes=n)
-    return Article(
-        id=1000 + n,
-        uid=f"urn:filler:{n}",
-        source=f"Company {n}",
-        key=f"filler-{n}",
-        title=f"Filler {n}",
-        url=None,
-        author=None,
-        published=when,
-        updated=when,
-        first_seen=when,
-        summary="",
-        content=f"<p>{text}</p>{tail}",
-    )
+    return story(999 + n, source=f"Company {n}", when=when, content=f"<p>{text}</p>{tail}")
 
 
 def test_boilerplate_in_many_articles_counts_for_nothing(labelled: LabelledSet) -> None:
