@@ -6,12 +6,13 @@ Prints figures; asserts nothing. Usage:
 1. The labelled set of tests/data/grouping/ (texts written for this project): precision and
    recall over its labelled pairs (must group / must not group), and the closest calls: the
    lowest overlap among the pairs that must group, the highest among those that must not.
-2. A synthetic corpus of ``--articles`` articles (400-700 words drawn from a Zipf-like
-   vocabulary, 25 sources, one source's footer repeated under all its articles, about 8 % of
-   the articles being another source's version of an earlier one: a summary, a copy with
-   inserted comments, or a lightly edited copy): seconds per 1,000 articles for
-   tokenizing alone (the bare baseline: HTML to words), for tokenizing and shingling, and
-   for the whole grouping; and precision/recall of the groups against the planted pairs.
+2. A synthetic corpus of ``--articles`` articles, ten minutes apart (400-700 words drawn
+   from a Zipf-like vocabulary; 25 sources, eight of which end every article with the same
+   35-word syndication notice, so that boilerplate crosses sources; about 8 % of the
+   articles are another source's version of an earlier one: a summary, a copy with
+   inserted comments, or a lightly edited copy): seconds per 1,000 articles for tokenizing
+   alone (the bare baseline: HTML to words), for tokenizing and shingling, and for the
+   whole grouping; and precision/recall of the groups against the planted pairs.
 
 Lines printed (stable, so runs can be compared):
     RESULT set=labelled pairs=<n> precision=<p> recall=<r> tp=<n> fp=<n> fn=<n>
@@ -106,7 +107,11 @@ def synthetic(n: int, seed: int) -> tuple[list[Article], set[frozenset[int]]]:
     """``n`` articles, and the planted pairs (an original and another source's version)."""
     rng = random.Random(seed)
     vocab, weights = _vocabulary(rng)
-    footer = "Sign up for the morning briefing and get the news that matters delivered to " * 2
+    footer = (
+        "This story was distributed by the Regional News Exchange, a cooperative of local "
+        "newspapers that share their reporting; to republish it, follow the exchange's "
+        "guidelines and credit the original newspaper and its reporter by name"
+    )
     articles: list[Article] = []
     planted: set[frozenset[int]] = set()
     for i in range(n):
@@ -129,7 +134,7 @@ def synthetic(n: int, seed: int) -> tuple[list[Article], set[frozenset[int]]]:
             planted.add(frozenset((original.id, i + 1)))
         else:
             paras = _paragraphs(rng, vocab, weights, rng.randint(400, 700))
-        if source == "Source 0":
+        if int(source.split()[1]) < 8:
             paras.append(footer)
         content = "".join(f"<p>{p}</p>" for p in paras)
         url = f"https://example.com/{i}"
