@@ -20,7 +20,8 @@ Lines printed (stable, so runs can be compared):
     RESULT set=synthetic articles=<n> step=tokenize s_per_1000=<x>
     RESULT set=synthetic articles=<n> step=shingle s_per_1000=<x>
     RESULT set=synthetic articles=<n> step=group s_per_1000=<x> groups=<n>
-    RESULT set=synthetic planted=<n> precision=<p> recall=<r>
+    RESULT set=synthetic planted=<n> grouped_pairs=<n> precision=<p> recall=<r>
+    RESULT set=synthetic max_df=off grouped_pairs=<n>
     RESULT set=synthetic articles=<n> step=feeds_without_groups s_per_1000=<x>
     RESULT set=synthetic articles=<n> step=feeds_with_groups s_per_1000=<x> related=<n>
 
@@ -36,6 +37,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -166,9 +168,7 @@ def main() -> None:
     settings = GroupSettings()
     stories = group_stories(articles, settings)
     timed("group", n, lambda: group_stories(articles, settings))
-    found: set[frozenset[int]] = set()
-    for group in set(stories.groups.values()):
-        found.update(frozenset(p) for p in itertools.combinations(group, 2))
+    found = _pairs(stories)
     # A planted pair counts as found when its two articles end up in one group; a grouped
     # pair that was not planted (nor joined through a planted chain) is a false merge.
     chained = {
@@ -178,9 +178,12 @@ def main() -> None:
     }
     tp = len(found & chained)
     print(
-        f"RESULT set=synthetic planted={len(planted)} "
+        f"RESULT set=synthetic planted={len(planted)} grouped_pairs={len(found)} "
         f"precision={_ratio(tp, len(found))} recall={_ratio(len(planted & found), len(planted))}"
     )
+    # The same without the boilerplate rule: what the shared notice alone would merge.
+    unbounded = _pairs(group_stories(articles, replace(settings, max_df=len(articles) + 1)))
+    print(f"RESULT set=synthetic max_df=off grouped_pairs={len(unbounded)}")
     feeds(articles)
 
 
@@ -203,6 +206,14 @@ def feeds(articles: list[Article]) -> None:
                 f"RESULT set=synthetic articles={n} step={label} "
                 f"s_per_1000={seconds / n * 1000:.3f}{extra}"
             )
+
+
+def _pairs(stories: Stories) -> set[frozenset[int]]:
+    return {
+        frozenset(p)
+        for group in set(stories.groups.values())
+        for p in itertools.combinations(group, 2)
+    }
 
 
 def _planted_groups(planted: set[frozenset[int]]) -> list[set[int]]:
