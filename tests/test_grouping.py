@@ -269,6 +269,32 @@ def test_grouping_can_be_turned_off(tmp_path: Path, labelled: LabelledSet) -> No
     assert all(a.title in rendered.html for a in articles)
 
 
+def test_a_story_left_out_for_size_counts_all_its_versions(tmp_path: Path) -> None:
+    """Past the size budget whole stories are left out, from the end; the "more" link counts
+    every version of them, and the digest still accounts for each article once."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    # An item template that shows the whole content: every story is about 6 KB of HTML.
+    (templates / "_item.html").write_text(
+        '<div class="item"><h3>{{ article.title }}</h3>{{ article.content | safe }}</div>\n'
+    )
+    config = make_config(tmp_path, top='templates = "templates"\n')
+    rng = random.Random(3)
+    articles = []
+    for n in range(30):
+        text = " ".join(f"w{rng.randrange(100_000)}" for _ in range(800))
+        when = BASE_TIME - timedelta(hours=n)
+        for k, source in enumerate(("Wire", "Daily")):
+            articles.append(story(2 * n + k, source=source, when=when, content=f"<p>{text}</p>"))
+    rendered = DigestRenderer(config).render(articles, now=BASE_TIME)
+    assert rendered.size <= 100_000
+    kept = len(rendered.groups)
+    assert 0 < kept < 30
+    assert len(rendered.articles) == 2 * kept
+    assert rendered.more == 2 * (30 - kept)
+    assert [a.id for a in rendered.articles] == [a.id for a in articles[: 2 * kept]]
+
+
 # --- the feeds -----------------------------------------------------------------------------------
 
 
