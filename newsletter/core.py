@@ -35,7 +35,7 @@ from newsletter.exceptions import (
 )
 from newsletter.files import remove_leftover_temp_files
 from newsletter.gather import ItemLimits, gather
-from newsletter.grouping import related_links
+from newsletter.grouping import RelatedHistory
 from newsletter.mail import make_backend
 from newsletter.mail.base import MailBackend, PreparedContent
 from newsletter.node import Node
@@ -158,6 +158,10 @@ class Publisher:
         return DigestRenderer(self.config)
 
     @cached_property
+    def _related(self) -> RelatedHistory:
+        return RelatedHistory(self.config.digest.group)
+
+    @cached_property
     def backend(self) -> MailBackend:
         return make_backend(self.config)
 
@@ -256,8 +260,9 @@ class Publisher:
 
         feeds = self.config.feeds
         # A first pass finds the stories told by several sources: an item on an archive page
-        # links to versions that may arrive pages later.
-        related = related_links(history(), self.config.digest.group)
+        # links to versions that may arrive pages later. Only articles new to this process
+        # are compared (``RelatedHistory``).
+        related = self._related.update(history)
         with _writing("feeds not written", feeds.output_dir):
             written = write_feeds(
                 history(),

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -218,15 +219,60 @@ def related_links(
     """For each article in a story told by several sources, the story's other versions, in
     arrival order. ``history`` is every article in arrival order (``Storage.articles_page``),
     read once; only the window's shingles and each article's id, uid and URL are held."""
-    if not settings.enabled:
-        return {}
-    index = StoryIndex(settings)
-    links: dict[int, RelatedLink] = {}
-    for article in history:
-        index.add(article)
-        links[article.id] = RelatedLink(article.uid, article.url)
-    out: dict[int, tuple[RelatedLink, ...]] = {}
-    stories = index.stories()
-    for aid in stories.groups:
-        out[aid] = tuple(links[other] for other in stories.related(aid))
-    return out
+    return RelatedHistory(settings).update(lambda: history)
+
+
+class RelatedHistory:
+    """``related_links`` kept up to date over a history that grows at its end: an article is
+    shingled and compared once, when it first appears, which gives the same result as
+    reading the whole history again, since a decision uses only what arrived before it.
+
+    A long-running process (``newsletter run``, ``serve``) rebuilds the feeds after every
+    gather; this keeps that rebuild from re-reading every stored article's text. What an
+    article's edit changes is not taken back (as the feeds' archive pages, it stays as it
+    was); an article that arrives before one already read (another node's clock) or one that
+    was deleted starts the reading over.
+    """
+
+    def __init__(self, settings: GroupSettings) -> None:
+        self.settings = settings
+        # A scheduled gather and a wake-up of another job may both rebuild the feeds.
+        self._lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        self._index = StoryIndex(self.settings)
+        self._links: dict[int, RelatedLink] = {}
+        self._last: tuple[datetime, datetime, int] | None = None
+
+    def update(
+        self, history: Callable[[], Iterable[Article]]
+    ) -> dict[int, tuple[RelatedLink, ...]]:
+        """Read ``history()`` (every article, in arrival order), comparing the new ones."""
+        if not self.settings.enabled:
+            return {}
+        with self._lock:
+            if not self._read(history()):
+                self._start()
+                self._read(history())
+            stories = self._index.stories()
+            return {
+                aid: tuple(self._links[other] for other in stories.related(aid))
+                for aid in stories.groups
+            }
+
+    def _read(self, history: Iterable[Article]) -> bool:
+        """False when what was read before cannot be extended to ``history``."""
+        count = 0
+        for article in history:
+            count += 1
+            known = article.id in self._links
+            self._links[article.id] = RelatedLink(article.uid, article.url)
+            if known:
+                continue
+            key = (article.first_seen, article.published, article.id)
+            if self._last is not None and key < self._last:
+                return False
+            self._index.add(article)
+            self._last = key
+        return count == len(self._links)

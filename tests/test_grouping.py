@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from newsletter.config import load_config
 from newsletter.exceptions import ConfigError
 from newsletter.grouping import (
     GroupSettings,
+    RelatedHistory,
     Stories,
     group_stories,
     related_links,
@@ -366,3 +368,52 @@ def test_a_related_version_without_a_web_address_is_listed_by_id_only(
 
 def test_paragraphs_helper_escapes() -> None:
     assert paragraphs_html("a < b\n\n c ") == "<p>a &lt; b</p><p>c</p>"
+
+
+# --- a history that grows ------------------------------------------------------------------------
+
+
+def _related_now(history: list[Article]) -> dict[int, set[int]]:
+    by_uid = {a.uid: a.id for a in history}
+    full = related_links(sorted(history, key=lambda a: (a.first_seen, a.published, a.id)), GS)
+    return {k: {by_uid[r.uid] for r in v} for k, v in full.items()}
+
+
+GS = GroupSettings()
+
+
+def test_a_growing_history_is_read_once_per_article_and_matches_a_full_read(
+    labelled: LabelledSet,
+) -> None:
+    ordered = sorted(labelled.articles.values(), key=lambda a: a.first_seen)
+    kept = RelatedHistory(GS)
+    reads: list[int] = []
+
+    def reading(history: list[Article]) -> Callable[[], Iterator[Article]]:
+        def run() -> Iterator[Article]:
+            reads.append(len(history))
+            yield from history
+
+        return run
+
+    by_uid = {a.uid: a.id for a in ordered}
+    for end in (5, 9, len(ordered)):
+        got = kept.update(reading(ordered[:end]))
+        assert {k: {by_uid[r.uid] for r in v} for k, v in got.items()} == _related_now(
+            ordered[:end]
+        )
+    assert reads == [5, 9, len(ordered)]  # one pass each: nothing was read over
+    # An article that arrives before the last one read (another node's clock) and a
+    # deleted one both start the reading over, and the result is still a full read's.
+    early = replace(labelled.articles["tram_summary"], id=500, uid="urn:early", source="Elsewhere")
+    early = replace(early, first_seen=ordered[0].first_seen - timedelta(minutes=1))
+    grown = [early, *ordered]
+    got = kept.update(reading(grown))
+    assert {k: {r.uid for r in v} for k, v in got.items()}[early.id] == {
+        labelled.articles[n].uid for n in ("tram_council", "tram_summary", "tram_republished")
+    }
+    assert reads[-2:] == [len(grown), len(grown)]
+    shrunk = [a for a in ordered if a is not labelled.articles["tram_summary"]]
+    got = kept.update(reading(shrunk))
+    assert {k: {by_uid[r.uid] for r in v} for k, v in got.items()} == _related_now(shrunk)
+    assert labelled.articles["tram_summary"].id not in got
