@@ -227,8 +227,8 @@ class RelatedHistory:
     shingled and compared once, when it first appears, which gives the same result as
     reading the whole history again, since a decision uses only what arrived before it.
 
-    A long-running process (``newsletter run``, ``serve``) rebuilds the feeds after every
-    gather; this keeps that rebuild from re-reading every stored article's text. What an
+    A long-running process (``newsletter run``) rebuilds the feeds after every gather; this
+    keeps that rebuild from shingling every stored article's text again. What an
     article's edit changes is not taken back (as the feeds' archive pages, it stays as it
     was); an article that arrives before one already read (another node's clock) or one that
     was deleted starts the reading over.
