@@ -35,6 +35,11 @@ title = "Benchmark Weekly"
 site_url = "https://bench.example.org/"
 sender = "Benchmark Weekly <weekly@bench.example.org>"
 postal_address = "1 Bench Street, Example City"
+
+[digest]
+# Every article here has the same text; grouped, they would be one story. The benchmark
+# measures a digest of distinct articles.
+group = false
 """
 
 PARAGRAPH = (

@@ -275,13 +275,25 @@ def digest(state: State, preview: Path | None, text_path: Path | None, force: bo
 
         values = publisher.recipient_values(0, "reader@example.com", "Example Reader")
         console.print(_text(f"subject: {rendered.subject}"), highlight=False)
+        stories = rendered.stories()
         console.print(
             f"{len(rendered.articles)} articles"
+            + (
+                f" in {len(stories)} stories ({rendered.grouped} sources grouped)"
+                if rendered.groups
+                else ""
+            )
             + (f" (+{rendered.more} more on the web)" if rendered.more else ""),
             highlight=False,
         )
-        for a in rendered.articles:
+        for a, others in stories:
             console.print(_text(f"  - {a.title} ", (f"({a.source})", "dim")), highlight=False)
+            if others:
+                also = " · ".join(o.source for o in others)
+                console.print(
+                    _text(f"      {len(others) + 1} sources grouped, also in: {also}"),
+                    highlight=False,
+                )
         note = publisher.next_note()
         if note:
             console.print("opens with the editor's note:", highlight=False)

@@ -28,6 +28,7 @@ from newsletter._version import USER_AGENT
 from newsletter.addresses import validate_address
 from newsletter.cron import crontab_trigger
 from newsletter.exceptions import ConfigError, SubscriberError
+from newsletter.grouping import GroupSettings
 from newsletter.sources import KINDS, kind_settings
 
 if TYPE_CHECKING:
@@ -141,6 +142,8 @@ class DigestSettings:
     greeting_fallback: str = "there"
     # A Markdown file whose text opens the next digest, then is renamed "<name>.sent-<time>".
     note_file: Path | None = None
+    # ``group*`` keys: one story from several sources shown once (and related in the feeds).
+    group: GroupSettings = field(default_factory=GroupSettings)
 
 
 @dataclass(frozen=True)
@@ -713,6 +716,11 @@ def _digest(t: Table) -> DigestSettings:
         "preheader",
         "greeting_fallback",
         "note_file",
+        "group",
+        "group_min_overlap",
+        "group_min_shared",
+        "group_max_df",
+        "group_window_hours",
     )
     section_by = t.text("section_by", "source")
     if section_by not in SECTION_BY:
@@ -728,8 +736,27 @@ def _digest(t: Table) -> DigestSettings:
         preheader=t.text("preheader", DigestSettings.preheader),
         greeting_fallback=t.text("greeting_fallback", "there"),
         note_file=t.path_value("note_file", None),
+        group=_grouping(t),
     )
     return settings
+
+
+def _grouping(t: Table) -> GroupSettings:
+    """``[digest] group*``: the story grouping rule's switch and thresholds."""
+    d = GroupSettings()
+    return GroupSettings(
+        enabled=t.get("group", bool, d.enabled),
+        # Above 1 nothing could group; 0 would group anything sharing min_shared shingles.
+        min_overlap=float(t.number("group_min_overlap", d.min_overlap, minimum=0.01, maximum=1)),
+        min_shared=t.number(
+            "group_min_shared", d.min_shared, minimum=1, maximum=10_000, integer=True
+        ),
+        # A shingle in two articles is what makes a pair: a ceiling below that ignores all.
+        max_df=t.number("group_max_df", d.max_df, minimum=2, maximum=1_000_000, integer=True),
+        window_hours=float(
+            t.number("group_window_hours", d.window_hours, minimum=1, maximum=_YEAR_H)
+        ),
+    )
 
 
 def _mail(

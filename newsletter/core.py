@@ -39,6 +39,7 @@ from newsletter.exceptions import (
 )
 from newsletter.files import remove_leftover_temp_files
 from newsletter.gather import ItemLimits, gather, sanitize_html
+from newsletter.grouping import RelatedHistory
 from newsletter.mail import make_backend
 from newsletter.mail.base import MailBackend, PreparedContent
 from newsletter.node import Node
@@ -163,6 +164,10 @@ class Publisher:
         return DigestRenderer(self.config)
 
     @cached_property
+    def _related(self) -> RelatedHistory:
+        return RelatedHistory(self.config.digest.group)
+
+    @cached_property
     def backend(self) -> MailBackend:
         return make_backend(self.config)
 
@@ -276,12 +281,17 @@ class Publisher:
                 offset += len(batch)
 
         feeds = self.config.feeds
+        # A first pass finds the stories told by several sources: an item on an archive page
+        # links to versions that may arrive pages later. Only articles new to this process
+        # are compared (``RelatedHistory``).
+        related = self._related.update(history)
         with _writing("feeds not written", feeds.output_dir):
             written = write_feeds(
                 history(),
                 self.config.newsletter,
                 feeds,
                 max_tags=self.config.http.max_tags_per_item,
+                related=related,
             )
         if feeds.websub_hub and written.changed:
             ping_hub(

@@ -128,6 +128,11 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "subject",
         "preheader",
         "greeting_fallback",
+        "group",
+        "group_min_overlap",
+        "group_min_shared",
+        "group_max_df",
+        "group_window_hours",
     ),
     # The common keys, and (the deprecated flat layout) every backend's own keys in [mail].
     "mail": (
@@ -212,6 +217,10 @@ NUMBER_KEYS = frozenset(
         "port",
         "subscribe_rate_per_minute",
         "confirm_hours",
+        "group_min_overlap",
+        "group_min_shared",
+        "group_max_df",
+        "group_window_hours",
     }
 )
 NUMBERS = st.one_of(

@@ -35,8 +35,9 @@ from inscriptis.model.config import ParserConfig
 from premailer import Premailer
 
 from newsletter import personalize
-from newsletter.config import Config
+from newsletter.config import Config, DigestSettings
 from newsletter.exceptions import RenderError
+from newsletter.grouping import body, group_stories
 from newsletter.text import clean_line, clean_text, html_to_text, shorten, wrap_text
 from newsletter.types import Article
 
@@ -77,9 +78,30 @@ class RenderedDigest:
     html: str  # inlined, with placeholders
     text: str  # wrapped, with placeholders
     # The articles shown, in the order given: fewer than asked when the HTML had to shrink.
+    # A story's other versions ("Also in") count as shown: their links are in the digest.
     articles: tuple[Article, ...] = ()
     more: int = 0  # articles not shown (beyond max_items, or left out for size): "N more"
     full: frozenset[int] = frozenset()  # ids of the articles shown whole (``full_content``)
+    # The stories told by several sources, each as its ids: the lead's, then the others'.
+    groups: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def grouped(self) -> int:
+        """How many articles are shown as one of a story's several versions."""
+        return sum(len(g) for g in self.groups)
+
+    def stories(self) -> list[tuple[Article, tuple[Article, ...]]]:
+        """The items as the digest shows them: each lead with its story's other versions."""
+        by_id = {a.id: a for a in self.articles}
+        group_of = {i: g for g in self.groups for i in g}
+        out: list[tuple[Article, tuple[Article, ...]]] = []
+        seen: set[int] = set()
+        for article in self.articles:
+            group = group_of.get(article.id, (article.id,))
+            if group[0] not in seen:
+                seen.add(group[0])
+                out.append((by_id[group[0]], tuple(by_id[i] for i in group[1:])))
+        return out
 
     @property
     def size(self) -> int:
@@ -104,7 +126,9 @@ class DigestRenderer:
     sectioned), ``lead`` (first article), ``rest`` (how many others are shown), ``more`` (how
     many are not, with ``more_url`` where to find them), ``archive_url`` (this issue on the
     web, or None), ``now`` (in the newsletter's time zone), ``subject``, ``preheader``,
-    ``greeting_fallback``, ``image_width``, ``recipient`` (placeholders: ``first_name``,
+    ``greeting_fallback``, ``image_width``, ``also`` (article id -> the other versions of
+    its story, for "Also in"; a story told by several sources is shown once, by its fullest
+    version, at the place of its newest), ``recipient`` (placeholders: ``first_name``,
     ``name``, ``email``, ``unsubscribe_url``), ``full`` (ids of the articles shown whole:
     ``{% if article.id in full %}``) and ``note`` (the editor's note as sanitized HTML, or
     ""). The text template also gets ``ref(url)``, which returns ``[n]`` and lists the URL at
@@ -169,13 +193,25 @@ class DigestRenderer:
         """
         if not articles:
             raise RenderError("a digest needs at least one article")
+        leads, also = _stories(articles, self.settings)
         # The digest shows trimmed copies; storage keeps the articles as they are.
-        shown = [_trimmed(a) for a in articles]
+        shown = [_trimmed(a) for a in leads]
+        others = {k: [_trimmed(a) for a in v] for k, v in also.items()}
         full = {a.id for a in shown if a.source in self.full_sources and a.content.strip()}
         note = clean_text(note)
+
+        def weight(lead: Article) -> int:  # the articles a lead brings into the digest
+            return 1 + len(also.get(lead.id, ()))
+
         while True:
             rendered = self._render(
-                shown, now=now, more=more, archive_url=archive_url, full=full, note=note
+                shown,
+                now=now,
+                more=more,
+                archive_url=archive_url,
+                also=others,
+                full=full,
+                note=note,
             )
             size = rendered.size
             if size > HTML_MAX_BYTES and full:
@@ -193,9 +229,16 @@ class DigestRenderer:
             per_article = size / len(shown)
             drop = min(len(shown) - 1, max(1, math.ceil((size - HTML_MAX_BYTES) / per_article)))
             shown = shown[:-drop]
-            more += drop
+            more += sum(weight(lead) for lead in leads[len(shown) : len(shown) + drop])
         # Callers get the articles they gave (the ones shown), not the trimmed copies.
-        rendered = replace(rendered, articles=tuple(articles[: len(shown)]))
+        kept = leads[: len(shown)]
+        ids = {a.id for lead in kept for a in (lead, *also.get(lead.id, ()))}
+        groups = tuple(
+            (lead.id, *(a.id for a in also[lead.id])) for lead in kept if lead.id in also
+        )
+        rendered = replace(
+            rendered, articles=tuple(a for a in articles if a.id in ids), groups=groups
+        )
         whole = sum(a.source in self.full_sources and bool(a.content.strip()) for a in shown)
         if len(full) < whole:
             log.warning(
@@ -205,7 +248,7 @@ class DigestRenderer:
                 whole - len(full),
                 whole,
             )
-        left_out = len(articles) - len(shown)
+        left_out = len(articles) - len(ids)
         if left_out:
             log.warning(
                 "the digest HTML was over %d KB, where Gmail clips a message: left the last %d "
@@ -221,7 +264,12 @@ class DigestRenderer:
                 size / 1000,
             )
         log.debug(
-            "rendered digest of %d articles (+%d more): %d bytes of HTML", len(shown), more, size
+            "rendered digest of %d articles (+%d more, %d stories from several sources): "
+            "%d bytes of HTML",
+            len(ids),
+            more,
+            len(groups),
+            size,
         )
         return rendered
 
@@ -234,6 +282,7 @@ class DigestRenderer:
         archive_url: str | None,
         full: set[int],
         note: str,
+        also: dict[int, list[Article]],
     ) -> RenderedDigest:
         lead = articles[0]
         base: dict[str, Any] = {
@@ -259,6 +308,7 @@ class DigestRenderer:
             "image_width": IMAGE_WIDTH,
             "full": frozenset(full),
             "note": note,
+            "also": also,
         }
         return RenderedDigest(
             subject=subject,
@@ -406,6 +456,30 @@ def _fewer_whole(shown: Sequence[Article], full: set[int], excess: int) -> set[i
         if excess <= 0:
             break
     return left
+
+
+def _stories(
+    articles: Sequence[Article], settings: DigestSettings
+) -> tuple[list[Article], dict[int, list[Article]]]:
+    """The digest's items: a story told by several sources once, by its fullest version (the
+    longest text) at the place of its first version in ``articles``, and for each such lead
+    the story's other versions in the order given."""
+    stories = group_stories(articles, settings.group)
+    by_id = {a.id: a for a in articles}
+    leads: list[Article] = []
+    also: dict[int, list[Article]] = {}
+    done: set[int] = set()
+    for article in articles:
+        if article.id in done:
+            continue
+        group = stories.group_of(article.id)
+        done.update(group)
+        members = [a for a in articles if a.id in group] if len(group) > 1 else [article]
+        lead = max(members, key=lambda a: (len(html_to_text(body(a))), -members.index(a)))
+        leads.append(lead)
+        if len(members) > 1:
+            also[lead.id] = [by_id[a.id] for a in members if a is not lead]
+    return leads, also
 
 
 def _compact(article: Article) -> Article:

@@ -45,7 +45,7 @@ import logging
 import re
 import unicodedata
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,6 +61,7 @@ from newsletter._version import __version__
 from newsletter.config import FeedSettings, NewsletterSettings
 from newsletter.exceptions import RenderError
 from newsletter.files import atomic_write
+from newsletter.grouping import RelatedLink
 from newsletter.text import clean_line, html_to_text, shorten
 from newsletter.types import Article
 
@@ -82,6 +83,7 @@ TAG_INDEX = "index.json"
 JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
 GENERATOR = "newsletter"
 GENERATOR_URI = "https://github.com/newsletter-publisher/newsletter"
+JSON_EXTENSION = "_newsletter"  # JSON Feed 1.1, "Extending JSON Feed"
 RSS_DOCS = "https://www.rssboard.org/rss-specification"
 UNTITLED = "Untitled"
 
@@ -194,6 +196,7 @@ def write_feeds(
     *,
     max_tags: int = MAX_ITEM_TAGS,
     max_tag_feeds: int = MAX_TAG_FEEDS,
+    related: Mapping[int, Sequence[RelatedLink]] | None = None,
 ) -> WrittenFeeds:
     """Write every feed and archive page into ``settings.output_dir`` from ``history``.
 
@@ -205,6 +208,9 @@ def write_feeds(
     at most ``max_tag_feeds`` tags get a feed. Raises ``RenderError`` when feedgen refuses
     the data: the newsletter's own fields are checked before anything is written. Raises
     ``OSError`` when a file cannot be written or removed.
+
+    ``related`` maps an article's id to the other versions of its story (``grouping``): every
+    item stays (a feed reader expects each source's), and each links to the others.
     """
     writer = _Writer(newsletter, settings)
     main = _Feed.main(newsletter)
@@ -217,7 +223,7 @@ def write_feeds(
     tag_names: dict[str, str] = {}
     without_feed: set[str] = set()
     for article in history:
-        item = _Item(article, max_tags)
+        item = _Item(article, max_tags, related.get(article.id, ()) if related else ())
         everything.add(item)
         for slug, name in item.tag_slugs:
             pager = pagers.get(slug)
@@ -254,7 +260,12 @@ def write_feeds(
 class _Item:
     """One article's feed fields, cleaned once and shared by every document that lists it."""
 
-    def __init__(self, article: Article, max_tags: int = MAX_ITEM_TAGS) -> None:
+    def __init__(
+        self,
+        article: Article,
+        max_tags: int = MAX_ITEM_TAGS,
+        related: Sequence[RelatedLink] = (),
+    ) -> None:
         self.id = _clean(article.uid)
         # Titles, names and tags are one line of text: no control character a source sent
         # (stored before gathering scrubbed them) reaches a reader.
@@ -284,6 +295,12 @@ class _Item:
         self.image_url = image if _is_web_url(image) else None
         suffix = Path(urlsplit(self.image_url).path).suffix.lower() if self.image_url else ""
         self.image_type = _IMAGE_TYPES.get(suffix)
+        # The other versions of the same story. XML links need an href: one without a web
+        # address is listed in JSON Feed only, by its id.
+        self.related = [
+            RelatedLink(_clean(r.uid), _clean(r.url) if r.url and _is_web_url(r.url) else None)
+            for r in related
+        ]
 
 
 @dataclass(frozen=True)
@@ -578,6 +595,12 @@ class _EntryExtension:
             # Atom's length is optional (RFC 4287 4.2.7.6): left out rather than guessed.
             attrs = {"href": item.image_url, "rel": "enclosure", "type": item.image_type}
             xml_elem("link", entry, **attrs)
+        if item is not None:
+            # RFC 4287 4.2.7.2: "related" is a resource related to the entry, here the same
+            # story told by another source; any number of them is allowed.
+            for other in item.related:
+                if other.url:
+                    xml_elem("link", entry, href=other.url, rel="related", type="text/html")
         return entry
 
     def extend_rss(self, element: Any) -> Any:
@@ -588,6 +611,14 @@ class _EntryExtension:
             # it SHOULD use 0, which the W3C validator accepts.
             attrs = {"url": item.image_url, "length": "0", "type": item.image_type}
             xml_elem("enclosure", element, **attrs)
+        if item is not None:
+            # RSS 2.0 has no element for a related link. RSS allows namespaced elements in an
+            # item, and atom:link is the one RSS readers already know (feedparser reads it
+            # into the entry's links with its rel), as the channel's self link does.
+            for other in item.related:
+                if other.url:
+                    attrs = {"href": other.url, "rel": "related", "type": "text/html"}
+                    xml_elem(f"{{{ATOM_NS}}}link", element, **attrs)
         return element
 
 
@@ -698,4 +729,12 @@ def _json_item(item: _Item) -> dict[str, Any]:
         out["authors"] = [{"name": item.author}]
     if item.tags:
         out["tags"] = item.tags
+    if item.related:
+        # JSON Feed 1.1 has no related items; an extension object (its key starts with "_",
+        # which readers that do not know it ignore) carries them with their ids, the ones
+        # every format shares, so a reader can merge the story as the digest does.
+        out[JSON_EXTENSION] = {
+            "about": GENERATOR_URI,
+            "related": [{"id": r.uid, **({"url": r.url} if r.url else {})} for r in item.related],
+        }
     return out

@@ -109,6 +109,8 @@ class Preview:
     text: str = ""
     articles: int = 0
     more: int = 0
+    stories: int = 0  # items shown: a story told by several sources is one
+    grouped: int = 0  # articles shown as one of a story's several versions
     error: str | None = None  # why it cannot be rendered (a config or template error)
     empty: bool = False  # no articles stored yet
 
@@ -175,6 +177,8 @@ class PreviewState:
             text=Template(rendered.text, is_html=False).fill(values),
             articles=len(rendered.articles),
             more=rendered.more,
+            stories=len(rendered.stories()),
+            grouped=rendered.grouped,
         )
 
     # --- routes ----------------------------------------------------------------------------------
@@ -449,7 +453,10 @@ class="alert info">There are no articles yet: run <code>newsletter gather</code>
 {%- if size_class == "over" %}: over Gmail's 102 KB clip limit, the end will be hidden
 {%- elif size_class == "near" %}: near Gmail's 102 KB clip limit{% endif %}</dd></div>
 <div><dt>Articles</dt>
-<dd id="count">{{ p.articles }}{% if p.more %} (+{{ p.more }} more on the web){% endif %}</dd>
+<dd id="count">{{ p.articles }}
+{%- if p.grouped %} in {{ p.stories }} stories
+(<span id="grouped">{{ p.grouped }} sources grouped</span>){% endif %}
+{%- if p.more %} (+{{ p.more }} more on the web){% endif %}</dd>
 </div>
 </dl>
 <nav class="controls">
