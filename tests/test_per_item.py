@@ -59,11 +59,13 @@ path = "newsletter.db"
 
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[ResendEmulator]:
-    monkeypatch.setenv("MAIL_TOKEN", TOKEN)
-    monkeypatch.setenv("NEWSLETTER_SECRET", "per-item-secret")
-    with ResendEmulator() as server:
-        yield server
-        assert server.problems == []
+    """Resend on loopback, with the token and secret in the environment, as a node has them."""
+    for name, value in (("MAIL_TOKEN", TOKEN), ("NEWSLETTER_SECRET", "per-item-secret")):
+        monkeypatch.setenv(name, value)
+    server = ResendEmulator()
+    yield server
+    server.close()
+    assert server.problems == []
 
 
 @pytest.fixture
@@ -92,6 +94,16 @@ def open_publisher(config: Path, readers: tuple[str, ...] = READERS) -> Publishe
     for address in readers:
         publisher.add_subscriber(address)
     return publisher
+
+
+def gathered(
+    config: Path, count: int, *, start: int = 0, readers: tuple[str, ...] = READERS
+) -> tuple[list[str], Publisher]:
+    """``count`` new articles gathered by a publisher with ``readers`` subscribed."""
+    titles = write_articles(config, count, start=start)
+    publisher = open_publisher(config, readers)
+    publisher.gather()
+    return titles, publisher
 
 
 def received(emulator: ResendEmulator) -> Counter[tuple[str, str]]:
@@ -163,9 +175,8 @@ def test_the_single_mails_subject_is_its_own_template(
         "digest",
         'mode = "per_item"\nper_item_subject = "New on {{ newsletter.title }}: {{ lead.title }}"',
     )
-    [title] = write_articles(config, 1)
-    with open_publisher(config) as publisher:
-        publisher.gather()
+    [title], publisher = gathered(config, 1)
+    with publisher:
         publisher.send_items()
     assert {d.subject for d in emulator.deliveries} == {f"New on Item Post: {title}"}
     set_table(config, "digest", 'mode = "per_item"\nper_item_subject = "{{ lead.title "')
@@ -180,10 +191,10 @@ def test_the_single_mails_subject_is_its_own_template(
 def test_three_new_items_are_three_mails_per_subscriber_then_nothing(
     config: Path, emulator: ResendEmulator
 ) -> None:
-    titles = write_articles(config, 3)
-    with open_publisher(config) as publisher:
-        publisher.gather()
+    titles, publisher = gathered(config, 3)
+    with publisher:
         reports = publisher.send_items()
+        # One article each, made by this call, to every reader.
         assert [r.articles for r in reports] == [1, 1, 1]
         assert all(r.created and r.sent == len(READERS) for r in reports)
         # The subject is the article's title (per_item_subject), oldest first.
@@ -208,9 +219,9 @@ def test_three_new_items_are_three_mails_per_subscriber_then_nothing(
 def test_twelve_items_past_the_limit_are_five_mails_and_one_digest_of_the_rest(
     config: Path, emulator: ResendEmulator
 ) -> None:
-    titles = write_articles(config, 12)
-    with open_publisher(config) as publisher:
-        publisher.gather()
+    set_table(config, "digest", 'mode = "per_item"\nper_item_max = 5')  # the default, said
+    titles, publisher = gathered(config, 12)
+    with publisher:
         reports = publisher.send_items()
         assert [r.articles for r in reports] == [7, 1, 1, 1, 1, 1]
         first = publisher.storage.get_digest(reports[0].digest_id or 0)
@@ -283,9 +294,8 @@ def test_kill_9_mid_send_then_rerun_delivers_each_mail_once(
     config: Path, emulator: ResendEmulator
 ) -> None:
     readers = tuple(f"reader{i:04d}@example.com" for i in range(1500))
-    titles = write_articles(config, 3)
-    with open_publisher(config, readers) as publisher:
-        publisher.gather()
+    titles, publisher = gathered(config, 3, readers=readers)
+    publisher.close()
     child = command(config, "send")
     try:
         deadline = time.monotonic() + 60
@@ -320,9 +330,8 @@ def test_two_nodes_on_postgresql_make_each_mail_once(
     use_database(config, postgres_url)
     set_table(config, "digest", 'mode = "per_item"\nper_item_max = 3')
     readers = tuple(f"reader{i:04d}@example.com" for i in range(400))
-    titles = write_articles(config, 5)
-    with open_publisher(config, readers) as publisher:
-        publisher.gather()
+    titles, publisher = gathered(config, 5, readers=readers)
+    publisher.close()
     nodes = [command(config, "send") for _ in range(2)]
     outputs = [child.communicate(timeout=120) for child in nodes]
     for child, (out, err) in zip(nodes, outputs, strict=True):
@@ -365,9 +374,8 @@ def test_a_node_that_planned_an_item_mail_already_made_joins_it(
 def test_send_dry_run_names_the_next_mail_then_send_reports_each(
     config: Path, emulator: ResendEmulator
 ) -> None:
-    titles = write_articles(config, 3)
-    with open_publisher(config) as publisher:
-        publisher.gather()
+    titles, publisher = gathered(config, 3)
+    publisher.close()
     out, err = command(config, "send", "--dry-run").communicate(timeout=60)
     assert f"a new digest, 1 articles: {titles[0]!r}" in out, out + err
     assert emulator.deliveries == []
