@@ -6,6 +6,7 @@ on stderr and exit code 1; a run where some sources failed exits 3 (the rest was
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -366,6 +367,8 @@ def _indent(text: str) -> str:
 def _send(
     publisher: Publisher, *, force: bool = False, resend_uncertain: bool = False
 ) -> SendReport:
+    if publisher.config.digest.mode == "per_item" and not force and not resend_uncertain:
+        return _send_items(publisher)
     with _send_progress() as (on_start, on_batch):
         report = publisher.send_digest(
             force=force,
@@ -374,6 +377,29 @@ def _send(
             progress=on_batch,
             on_start=on_start,
         )
+    return _print_send(report)
+
+
+def _send_items(publisher: Publisher) -> SendReport:
+    """Per-item mode: a line per mail, and one report that sums them (for the exit code)."""
+    with _send_progress() as (on_start, on_batch):
+        reports = publisher.send_items(wait_for_others=True, progress=on_batch, on_start=on_start)
+    if not reports:
+        console.print("mail: nothing sent (no new articles)", highlight=False, markup=False)
+        return SendReport(digest_id=None, reason="no new articles")
+    for report in reports:
+        _print_send(report)
+    last = reports[-1]
+    return dataclasses.replace(
+        last,
+        sent=sum(r.sent for r in reports),
+        failed=sum(r.failed for r in reports),
+        skipped=sum(r.skipped for r in reports),
+        uncertain=sum(r.uncertain for r in reports),
+    )
+
+
+def _print_send(report: SendReport) -> SendReport:
     if report.digest_id is None:
         console.print(f"digest: nothing sent ({report.reason})", highlight=False, markup=False)
         return report
@@ -539,9 +565,14 @@ def _run_scheduler(publisher: Publisher, scheduler: NodeScheduler) -> None:
     sched = publisher.config.schedule
     publisher.backend  # noqa: B018 - a mail config that cannot work stops the start, not each job
     publisher.node.start()
+    mails = (
+        f"digest at '{sched.digest_cron}' ({sched.timezone})"
+        if publisher.config.digest.mode == "digest"
+        else "a mail per new article after each gather"
+    )
     console.print(
         f"running as node {publisher.node.id}: gather every {sched.gather_interval_minutes} min, "
-        f"digest at '{sched.digest_cron}' ({sched.timezone}); Ctrl-C or SIGTERM stops",
+        f"{mails}; Ctrl-C or SIGTERM stops",
         highlight=False,
         markup=False,
     )

@@ -56,6 +56,7 @@ _WEEK_S = 7 * _DAY_S
 _YEAR_H = 366 * 24
 _YEAR_MIN = _YEAR_H * 60
 SECTION_BY = ("source", "tag", "none")
+DIGEST_MODES = ("digest", "per_item")
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,11 @@ class DigestSettings:
     note_file: Path | None = None
     # ``group*`` keys: one story from several sources shown once (and related in the feeds).
     group: GroupSettings = field(default_factory=GroupSettings)
+    # "digest": one mail per digest cron fire; "per_item": one mail per new article, sent
+    # after each gather, at most ``per_item_max`` of them per backlog (the rest: one digest).
+    mode: str = "digest"  # one of DIGEST_MODES
+    per_item_max: int = 5
+    per_item_subject: str = "{{ lead.title }}"
 
 
 @dataclass(frozen=True)
@@ -721,7 +727,13 @@ def _digest(t: Table) -> DigestSettings:
         "group_min_shared",
         "group_max_df",
         "group_window_hours",
+        "mode",
+        "per_item_max",
+        "per_item_subject",
     )
+    mode = t.text("mode", "digest")
+    if mode not in DIGEST_MODES:
+        raise t.error("mode", f"expected one of {', '.join(DIGEST_MODES)}, got {mode!r}")
     section_by = t.text("section_by", "source")
     if section_by not in SECTION_BY:
         raise t.error("section_by", f"expected one of {', '.join(SECTION_BY)}, got {section_by!r}")
@@ -737,6 +749,9 @@ def _digest(t: Table) -> DigestSettings:
         greeting_fallback=t.text("greeting_fallback", "there"),
         note_file=t.path_value("note_file", None),
         group=_grouping(t),
+        mode=mode,
+        per_item_max=t.number("per_item_max", 5, minimum=1, maximum=1_000, integer=True),
+        per_item_subject=t.text("per_item_subject", DigestSettings.per_item_subject),
     )
     return settings
 

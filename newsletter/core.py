@@ -16,7 +16,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence, Set
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from functools import cached_property
 from pathlib import Path
@@ -592,19 +592,23 @@ class Publisher:
             log.info("digest %d was created by another node; joining it", digest.number)
         return digest, created
 
-    def _try_create_digest(self, plan: DigestPlan, fire: str | None) -> tuple[Digest, bool, int]:
+    def _try_create_digest(
+        self, plan: DigestPlan, fire: str | None, *, single: bool = False
+    ) -> tuple[Digest, bool, int]:
         """One attempt of ``_create_digest``; also returns how many articles it shows. Raises
-        ``NoteChanged`` when the waiting note changed while the digest was rendered."""
+        ``NoteChanged`` when the waiting note changed while the digest was rendered. A
+        ``single`` (per-item) mail neither shows nor takes the note."""
         now = clock.now()
         # The uid is made first so that the digest can link to its own archive page.
         uid = new_digest_uid()
-        note = self.storage.pending_note()
+        note = None if single else self.storage.pending_note()
         rendered = self.renderer.render(
             plan.articles,
             now=now,
             more=plan.more,
             archive_url=archive.page_url(self.config.newsletter, now, uid),
             note=self.note_html(note.body) if note is not None else "",
+            single=single,
         )
         content = self._content_of(0, uid, rendered.subject, rendered.html, rendered.text)
         digest, created = self.storage.create_digest(
@@ -624,6 +628,100 @@ class Publisher:
             note_id=note.id if note is not None else None,
         )
         return digest, created, len(rendered.articles)
+
+    # --- one mail per item ----------------------------------------------------------------------
+
+    def send_items(
+        self,
+        *,
+        create: bool = True,
+        wait_for_others: bool = False,
+        progress: Callable[[Sequence[DeliveryResult]], None] | None = None,
+        on_start: Callable[[Digest, DigestCounts], None] | None = None,
+    ) -> list[SendReport]:
+        """``[digest] mode = "per_item"``: deliver every unfinished mail, then create and
+        deliver a mail per new article (``rules.next_item_mail``), one after the other. Each is
+        a digest of its own, made by ``Storage.create_digest``: so it takes its article in the
+        transaction that creates it, is numbered after the last, and is delivered under the
+        same ledger, leases and exactly-once rules as any digest, whatever node makes or joins
+        it. A single-item mail is made under the fire ``item:<article id>`` (unique), so two
+        nodes racing for it make it once.
+
+        Stops at a mail that is still being sent by other nodes (unless ``wait_for_others``)
+        or when this node is stopping: a later call goes on. One report per mail this call
+        worked on, oldest first."""
+        reports: list[SendReport] = []
+        made: int | None = None  # the mail this call created, if it did
+        while not self.stopping.is_set():
+            report = self.send_digest(
+                create=False, wait_for_others=wait_for_others, progress=progress, on_start=on_start
+            )
+            if report.digest_id is not None:
+                reports.append(replace(report, created=report.digest_id == made))
+                unfinished = self.storage.unfinished_digest()
+                if (
+                    report.stopped
+                    or report.interrupted
+                    or (unfinished is not None and unfinished.id == report.digest_id)
+                ):
+                    break  # not done here: other nodes hold it, or this node stops
+                continue
+            if not create:
+                break
+            mail = self._create_item_mail()
+            if mail is None:
+                break
+            made = mail[0].id if mail[1] else None
+        return reports
+
+    def _create_item_mail(self) -> tuple[Digest, bool] | None:
+        """Create the next per-item mail (or roll-up digest), or join the one another node
+        created first: (the mail, whether this call created it). None when there is nothing
+        new."""
+        planned = self._plan_item_mail()
+        if planned is None:
+            return None
+        plan, single = planned
+        if single:
+            # The editor's note opens the next *digest*: a single article's mail leaves it
+            # waiting (a roll-up digest, made below, takes it).
+            article = plan.articles[0].id
+            digest, created, _ = self._try_create_digest(plan, f"item:{article}", single=True)
+            if created:
+                log.info("mail %d created for article %d", digest.number, article)
+        else:
+            self._take_note_file()
+            digest, created = self._create_digest(plan, None)
+        if created:
+            self._archive_quietly(digest)
+        return digest, created
+
+    def _plan_item_mail(self) -> tuple[DigestPlan, bool] | None:
+        """The next per-item mail (``rules.next_item_mail``) and whether it is a single
+        article's; None when nothing new is eligible."""
+        # The last digest before the candidates, as ``plan_digest`` reads them: a node that
+        # read an older last digest plans a number that is taken, and loses.
+        last = self.storage.last_digest()
+        mail = rules.next_item_mail(
+            self.storage.undigested_articles(),
+            first=last is None,
+            lookback_start=clock.now() - timedelta(hours=self.config.digest.lookback_hours),
+            per_item_max=self.config.digest.per_item_max,
+            max_items=self.config.digest.max_items,
+        )
+        if mail is None:
+            return None
+        choice = mail.choice
+        plan = DigestPlan(
+            articles=tuple(
+                archive.with_page_link(self.config.newsletter, a) for a in choice.articles
+            ),
+            more=choice.more,
+            first=last is None,
+            number=last.number + 1 if last else 1,
+            covered=choice.covered,
+        )
+        return plan, mail.single
 
     def _reclaim(self) -> Reclaimed:
         """Take back dead nodes' batches; a digest that was waiting only for them may be
@@ -676,7 +774,14 @@ class Publisher:
             sample = self.storage.pending_addresses(digest.id, limit=5)
             uncertain = counts.uncertain - resend
         else:
-            plan = self.plan_digest(force=force)
+            single = False
+            if self.config.digest.mode == "per_item" and not force:
+                # Per-item mode: the next mail, a single article or the roll-up of a burst.
+                item = self._plan_item_mail()
+                plan = item[0] if item else replace(self.plan_digest(), articles=())
+                single = bool(item and item[1])
+            else:
+                plan = self.plan_digest(force=force)
             if not plan.articles:
                 return SendPlan(
                     None,
@@ -694,7 +799,8 @@ class Publisher:
                 plan.articles,
                 now=clock.now(),
                 more=plan.more,
-                note=self.note_html(self.next_note()),
+                note="" if single else self.note_html(self.next_note()),
+                single=single,
             )
             subject = rendered.subject
             articles = len(rendered.articles)

@@ -132,6 +132,57 @@ def choose_digest_articles(
     )
 
 
+@dataclass(frozen=True)
+class ItemMail:
+    """The next mail of ``[digest] mode = "per_item"``: one article (``single``), or the
+    digest that rolls up a backlog too long for one mail each."""
+
+    choice: DigestChoice
+    single: bool
+
+
+def next_item_mail(
+    candidates: Iterable[Article],
+    *,
+    first: bool,
+    lookback_start: datetime,
+    per_item_max: int,
+    max_items: int,
+) -> ItemMail | None:
+    """The next mail to create in per-item mode, from the articles no mail covered yet (the
+    same pool and look-back as ``choose_digest_articles``); None when nothing is eligible.
+
+    Called again after each mail is created, so it decides from what is left: with more than
+    ``per_item_max`` eligible articles, everything but the newest ``per_item_max`` becomes
+    one ordinary digest first; then each remaining article gets its own mail, oldest first.
+    The newest are the ones sent alone because they are the news the reader is waiting for
+    (the older ones of a feed that just published 200 items are mostly its back catalogue),
+    and sending the roll-up before them, then the singles oldest first, leaves the inbox in
+    publication order with the newest on top. Deciding from what is left keeps it true after
+    a crash and across nodes: a rerun finds the roll-up made and sends the singles.
+
+    The first mail also covers the candidates that are not eligible (outside the look-back),
+    as a digest does, so they are not offered again once the look-back no longer applies.
+    """
+    pool = list(candidates)
+    eligible = [a for a in pool if a.published >= lookback_start or (not first and not a.backfill)]
+    if not eligible:
+        return None
+    eligible.sort(key=lambda a: (a.published, a.id), reverse=True)
+    chosen = {a.id for a in eligible}
+    passed = [a.id for a in pool if a.id not in chosen]
+    if len(eligible) > per_item_max:
+        rest = eligible[per_item_max:]
+        choice = DigestChoice(
+            tuple(rest[:max_items]),
+            max(0, len(rest) - max_items),
+            tuple(sorted([*(a.id for a in rest), *passed])),
+        )
+        return ItemMail(choice, single=False)
+    oldest = eligible[-1]
+    return ItemMail(DigestChoice((oldest,), 0, tuple(sorted([oldest.id, *passed]))), single=True)
+
+
 # --- delivering ----------------------------------------------------------------------------------
 
 

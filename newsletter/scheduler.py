@@ -9,6 +9,9 @@ restarts catches up a fire it missed from the rows, not from memory; a fire olde
 grace is recorded as missed. Each wake-up also joins an unfinished send (``resume_sending``),
 so a send interrupted anywhere goes on at once, not at the next cron fire.
 
+In ``[digest] mode = "per_item"`` there is no digest job: the gather job mails each new
+article after gathering (``Publisher.send_items``), so mails follow the gather interval.
+
 The digest job catches up only fires after the cluster's scheduler first started (a new
 install does not send at once for a fire that passed before it existed); gather catches up
 always, so a node gathers when it starts.
@@ -45,16 +48,31 @@ _MISSED_LOOKBACK = timedelta(days=7)  # how far back a missed digest fire is loo
 
 
 def gather_job(publisher: Publisher) -> str:
-    """Gather every source, then rebuild the feeds and the archive. Returns a summary."""
+    """Gather every source, then rebuild the feeds and the archive; in per-item mode, then
+    send a mail per new article (``Publisher.send_items``). Returns a summary."""
     results = publisher.gather()
     failed = [r for r in results if not r.ok]
     for r in failed:
         log.warning("%s", r.error)
-    publisher.build_feeds()
+    per_item = publisher.config.digest.mode == "per_item"
+    try:
+        publisher.build_feeds()
+    except OutputError as e:
+        if not per_item:
+            raise
+        # As for the digest: a feeds folder that cannot be written does not hold back the mail.
+        log.error("%s; the new items' mails go out all the same", e)
     summary = (
         f"gathered {len(results)} sources ({sum(r.new for r in results)} new articles, "
         f"{len(failed)} failed); feeds rebuilt"
     )
+    if per_item and not publisher.stopping.is_set():
+        reports = publisher.send_items()
+        summary += (
+            f"; {len(reports)} mails, {sum(r.sent for r in reports)} sent by this node, "
+            f"{sum(r.failed for r in reports)} failed, "
+            f"{sum(r.uncertain for r in reports)} uncertain"
+        )
     log.info("%s", summary)
     return summary
 
@@ -102,9 +120,14 @@ class NodeScheduler:
         self.publisher = publisher
         sched = publisher.config.schedule
         tz: tzinfo = ZoneInfo(sched.timezone)
-        self.jobs = (
-            Job("gather", IntervalSchedule(timedelta(minutes=sched.gather_interval_minutes)), True),
-            Job("digest", CronSchedule(sched.digest_cron, tz), False),
+        gather = Job(
+            "gather", IntervalSchedule(timedelta(minutes=sched.gather_interval_minutes)), True
+        )
+        # Per-item mode mails what each gather brings (``gather_job``): the cron makes nothing.
+        self.jobs: tuple[Job, ...] = (
+            (gather, Job("digest", CronSchedule(sched.digest_cron, tz), False))
+            if publisher.config.digest.mode == "digest"
+            else (gather,)
         )
         self.grace = timedelta(seconds=sched.misfire_grace_seconds)
         self.lease = timedelta(seconds=sched.lease_seconds)

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 HTML_TEMPLATE = "digest.html"
 TEXT_TEMPLATE = "digest.txt"
 SUBJECT_TEMPLATE = "[digest] subject"  # how errors name the subject template from the config
+ITEM_SUBJECT_TEMPLATE = "[digest] per_item_subject"  # a one-article mail's (per_item mode)
 PREHEADER_TEMPLATE = "[digest] preheader"
 # RFC 5322 2.1.1: lines SHOULD stay within 78 characters; a subject that fits reads whole in
 # most inbox lists too.
@@ -169,6 +170,8 @@ class DigestRenderer:
         self.env.filters["date"] = self._date
         with template_errors(SUBJECT_TEMPLATE):
             self.subject_template = self.env.from_string(config.digest.subject)
+        with template_errors(ITEM_SUBJECT_TEMPLATE):
+            self.item_subject_template = self.env.from_string(config.digest.per_item_subject)
         with template_errors(PREHEADER_TEMPLATE):
             self.preheader_template = self.env.from_string(config.digest.preheader)
 
@@ -180,8 +183,12 @@ class DigestRenderer:
         more: int = 0,
         archive_url: str | None = None,
         note: str = "",
+        single: bool = False,
     ) -> RenderedDigest:
         """Render the digest of ``articles`` (newest first). Raises ``RenderError``.
+
+        ``single``: the one-article mail of ``[digest] mode = "per_item"``, whose subject is
+        ``per_item_subject``.
 
         ``more`` counts articles that did not make it into ``articles`` (beyond
         ``digest.max_items``); ``archive_url`` is where this issue can be read on the web (the
@@ -212,6 +219,7 @@ class DigestRenderer:
                 also=others,
                 full=full,
                 note=note,
+                single=single,
             )
             size = rendered.size
             if size > HTML_MAX_BYTES and full:
@@ -283,6 +291,7 @@ class DigestRenderer:
         full: set[int],
         note: str,
         also: dict[int, list[Article]],
+        single: bool = False,
     ) -> RenderedDigest:
         lead = articles[0]
         base: dict[str, Any] = {
@@ -292,7 +301,11 @@ class DigestRenderer:
             "rest": len(articles) - 1,
             "more": more,
         }
-        subject = self._subject(base)
+        subject = (
+            self._subject(base, self.item_subject_template, ITEM_SUBJECT_TEMPLATE)
+            if single
+            else self._subject(base, self.subject_template, SUBJECT_TEMPLATE)
+        )
         with template_errors(PREHEADER_TEMPLATE):
             preheader = shorten(clean_line(self.preheader_template.render(base)), PREHEADER_MAX)
         context = {
@@ -320,27 +333,27 @@ class DigestRenderer:
             full=frozenset(full),
         )
 
-    def _subject(self, base: dict[str, Any]) -> str:
+    def _subject(self, base: dict[str, Any], template: jinja2.Template, name: str) -> str:
         """The subject on one line, at most ``SUBJECT_MAX`` characters.
 
         When it is too long, the lead's title is shortened (at a word boundary) rather than
         the end cut off, so a count such as "(+4 more)" stays readable. A template whose
         length does not depend on the title is cut at the end as a last resort.
         """
-        with template_errors(SUBJECT_TEMPLATE):
-            full = clean_line(self.subject_template.render(base))
+        with template_errors(name):
+            full = clean_line(template.render(base))
             subject = full
             lead: Article = base["lead"]
             title = clean_line(lead.title)
             limit = len(title) - (len(subject) - SUBJECT_MAX)
             while len(subject) > SUBJECT_MAX and limit >= SUBJECT_MIN_TITLE:
                 short = replace(lead, title=shorten(title, limit))
-                subject = clean_line(self.subject_template.render({**base, "lead": short}))
+                subject = clean_line(template.render({**base, "lead": short}))
                 limit -= max(1, len(subject) - SUBJECT_MAX)
         if len(subject) > SUBJECT_MAX:
             subject = shorten(full, SUBJECT_MAX)
         if not subject:
-            raise RenderError("the subject is empty", template=SUBJECT_TEMPLATE)
+            raise RenderError("the subject is empty", template=name)
         return subject
 
     def _sections(self, articles: Sequence[Article]) -> list[tuple[str, list[Article]]]:
