@@ -25,7 +25,7 @@ from newsletter.exceptions import ConfigError
 from newsletter.gather import gather
 from newsletter.sources import Source, make_source
 from newsletter.sources.extract import extract_article
-from newsletter.sources.fulltext import PER_HOST
+from newsletter.sources.fulltext import BUDGET_TIMEOUTS, PER_HOST
 from newsletter.sources.settings import FeedSettings
 from newsletter.storage import SqlStorage
 from newsletter.types import Article
@@ -170,9 +170,13 @@ def item(guid: str, link: str, *, title: str = STORY_TITLE, text: str = SUMMARY)
 
 
 def feed_source(
-    session: requests.Session, url: str, mode: str = "auto", name: str = "Herald"
+    session: requests.Session,
+    url: str,
+    mode: str = "auto",
+    name: str = "Herald",
+    timeout: float = 5.0,
 ) -> Source:
-    options = FeedSettings(url=url, timeout=5.0, full_text=mode)
+    options = FeedSettings(url=url, timeout=timeout, full_text=mode)
     config = SourceConfig(name=name, kind="feed", options=options)
     return make_source(config, session=session, http=HttpSettings(), timezone=ZoneInfo("UTC"))
 
@@ -345,6 +349,47 @@ def test_page_fetches_are_concurrent_and_bounded_per_host(
     assert peak["a"] == PER_HOST == 2
     assert peak["b"] == 2
     assert peak["all"] == 4  # both hosts at once
+
+
+def test_a_slow_site_cannot_hold_the_gather_past_the_sources_budget(
+    session: requests.Session, storage: SqlStorage
+) -> None:
+    """Sixteen pages that take half a second each, two at a time, need four seconds; a source
+    with ``timeout = 1`` may spend three on its pages. What was not started by then keeps the
+    feed's text, is one line of the source's warning, and is fetched by the next gather."""
+
+    def slow(seen: Seen) -> Reply:
+        time.sleep(0.5)
+        return Reply(200, STORY.encode(), {"Content-Type": "text/html"})
+
+    with LoopbackServer() as site:
+        links = [site.route(f"/p{n}", slow) for n in range(16)]
+        feed = site.route(
+            "/feed.xml", Reply(200, rss(*(item(f"i{n}", u) for n, u in enumerate(links))))
+        )
+        started = time.monotonic()
+        (result,) = gather([feed_source(session, feed, "always", timeout=1.0)], storage)
+        took = time.monotonic() - started
+        first = sum(len(site.seen(f"/p{n}")) for n in range(16))
+
+        assert result.ok and result.new == 16
+        assert 2 <= first < 16
+        assert took < BUDGET_TIMEOUTS * 1.0 + 1.0 + 1.0  # the budget, one fetch, some slack
+        left = 16 - first
+        assert result.warning == (
+            f"full text not fetched for {left} of 16 items: the 3 s this source may spend "
+            "on pages ran out; the next gather tries them"
+        )
+        articles = stored(storage)
+        whole = [a for a in articles.values() if "Construction is expected" in a.content]
+        assert len(whole) == first
+        assert all(a.content.strip() or a.summary == SUMMARY for a in articles.values())
+
+        # The next gather starts with the pages it has no copy of (the feed is served
+        # without validators, so it is read again): every page has now been asked for.
+        (again,) = gather([feed_source(session, feed, "always", timeout=1.0)], storage)
+        assert again.ok
+        assert all(site.seen(f"/p{n}") for n in range(16))
 
 
 # --- through the config, the published feeds, the digest and ``newsletter status`` ---------------

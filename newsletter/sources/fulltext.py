@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -48,7 +49,13 @@ _HTML_TYPES = frozenset({"", "text/html", "application/xhtml+xml"})
 PER_HOST = 2
 # At most this many page fetches at once for one source, all hosts together.
 WORKERS = 6
+# All of one source's page fetches start within this many times its ``timeout`` (60 s for the
+# default 20): a feed of hundreds of items on a slow site must not hold its gather for an hour.
+# Pages not started by then keep the feed's text (or the copy fetched before) and are tried
+# by the next gather; a fetch started in time still ends within its own ``timeout``.
+BUDGET_TIMEOUTS = 3
 _LABEL_CHARS = 120
+_OUT_OF_TIME = "out of time"  # a marker, compared by identity; worded once in ``complete``
 
 
 def wants_page(entry: EntryData, mode: str, min_chars: int) -> bool:
@@ -110,6 +117,7 @@ class FullText:
         self._max_bytes = max_bytes
         self._per_host = max(1, per_host)
         self._workers = max(1, workers)
+        self.budget = BUDGET_TIMEOUTS * timeout
 
     def complete(
         self,
@@ -134,15 +142,25 @@ class FullText:
         done = list(entries)
         pages: list[CachedPage] = []
         problems: list[str] = []
+        late = 0
         for url, indexes in wanted.items():
             page, problem = outcomes[url]
             if page is not None:
                 pages.append(page)
-            if problem is not None:
+            if problem is _OUT_OF_TIME:
+                late += 1
+            elif problem is not None:
                 problems.append(f"item {shorten(clean_line(url), _LABEL_CHARS)}: {problem}")
             if page is not None and page.article is not None:
                 for i in indexes:
                     done[i] = with_article(done[i], page.article)
+        if late:
+            # One line, not one per item: a run out of time may leave hundreds.
+            problems.append(
+                f"full text not fetched for {late} of {len(wanted)} items: the "
+                f"{self.budget:g} s this source may spend on pages ran out; "
+                "the next gather tries them"
+            )
         return Completed(tuple(done), tuple(pages), tuple(problems))
 
     def _fetch_all(
@@ -152,14 +170,20 @@ class FullText:
         for url in urls:
             slots.setdefault(urlsplit(url).netloc, threading.BoundedSemaphore(self._per_host))
 
+        ends = time.monotonic() + self.budget
+
         def one(url: str) -> tuple[CachedPage | None, str | None]:
             with slots[urlsplit(url).netloc]:
+                if time.monotonic() >= ends:
+                    return cached.get(url), _OUT_OF_TIME
                 return self._page(url, source, cached.get(url))
 
-        # Interleaved by host, so the workers start on every host at once instead of queueing
+        # Pages without a stored copy first: a run that ran out of time leaves them for the
+        # next, which must not spend its time again on the pages it already has. Then
+        # interleaved by host, so the workers start on every host at once instead of queueing
         # behind one host's slots.
         by_host: dict[str, list[str]] = {}
-        for url in urls:
+        for url in sorted(urls, key=lambda u: u in cached):
             by_host.setdefault(urlsplit(url).netloc, []).append(url)
         order = [u for group in _interleave(list(by_host.values())) for u in group]
         workers = min(self._workers, len(order))
