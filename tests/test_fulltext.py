@@ -389,7 +389,11 @@ def test_a_slow_site_cannot_hold_the_gather_past_the_sources_budget(
         # without validators, so it is read again): every page has now been asked for.
         (again,) = gather([feed_source(session, feed, "always", timeout=1.0)], storage)
         assert again.ok
-        assert all(site.seen(f"/p{n}") for n in range(16))
+        assert all(site.seen(f"/p{n}") for n in range(16)), (
+            first,
+            again.warning,
+            [len(site.seen(f"/p{n}")) for n in range(16)],
+        )
 
 
 # --- through the config, the published feeds, the digest and ``newsletter status`` ---------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -166,29 +167,50 @@ class FullText:
     def _fetch_all(
         self, urls: Sequence[str], source: str, cached: Mapping[str, CachedPage]
     ) -> dict[str, tuple[CachedPage | None, str | None]]:
-        slots: dict[str, threading.BoundedSemaphore] = {}
-        for url in urls:
-            slots.setdefault(urlsplit(url).netloc, threading.BoundedSemaphore(self._per_host))
-
+        """Each URL's page and problem. ``WORKERS`` threads take the URLs host by host, at
+        most ``per_host`` of one host at a time and in order within a host: pages without a
+        stored copy first, so a run out of time leaves the next one the pages it lacks, not
+        pages it would only confirm with a 304."""
         ends = time.monotonic() + self.budget
-
-        def one(url: str) -> tuple[CachedPage | None, str | None]:
-            with slots[urlsplit(url).netloc]:
-                if time.monotonic() >= ends:
-                    return cached.get(url), _OUT_OF_TIME
-                return self._page(url, source, cached.get(url))
-
-        # Pages without a stored copy first: a run that ran out of time leaves them for the
-        # next, which must not spend its time again on the pages it already has. Then
-        # interleaved by host, so the workers start on every host at once instead of queueing
-        # behind one host's slots.
-        by_host: dict[str, list[str]] = {}
+        queues: dict[str, deque[str]] = {}
         for url in sorted(urls, key=lambda u: u in cached):
-            by_host.setdefault(urlsplit(url).netloc, []).append(url)
-        order = [u for group in _interleave(list(by_host.values())) for u in group]
-        workers = min(self._workers, len(order))
+            queues.setdefault(urlsplit(url).netloc, deque()).append(url)
+        busy: dict[str, int] = dict.fromkeys(queues, 0)
+        turn = threading.Condition()
+        results: dict[str, tuple[CachedPage | None, str | None]] = {}
+
+        def next_url() -> tuple[str, str] | None:
+            with turn:
+                while True:
+                    host = next(
+                        (h for h, q in queues.items() if q and busy[h] < self._per_host), None
+                    )
+                    if host is not None:
+                        busy[host] += 1
+                        queues[host] = queues.pop(host)  # to the back: hosts take turns
+                        return host, queues[host].popleft()
+                    if not any(queues.values()):
+                        return None
+                    turn.wait()
+
+        def work() -> None:
+            while (taken := next_url()) is not None:
+                host, url = taken
+                try:
+                    if time.monotonic() >= ends:
+                        results[url] = (cached.get(url), _OUT_OF_TIME)
+                    else:
+                        results[url] = self._page(url, source, cached.get(url))
+                finally:
+                    with turn:
+                        busy[host] -= 1
+                        turn.notify_all()
+
+        workers = min(self._workers, len(urls))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fulltext") as pool:
-            return dict(zip(order, pool.map(one, order), strict=True))
+            for done in [pool.submit(work) for _ in range(workers)]:
+                done.result()
+        return results
 
     def _page(
         self, url: str, source: str, cached: CachedPage | None
@@ -241,11 +263,3 @@ def _decode(fetched: Fetched) -> str:
             pass  # a charset Python does not know: guess, as for a page that names none
     # UTF-8 first, then a guess from the bytes (and a lossy decode as the last resort).
     return decode_file(fetched.body)
-
-
-def _interleave(groups: list[list[str]]) -> list[list[str]]:
-    """[[a1, a2], [b1]] -> [[a1, b1], [a2]]: one URL of each host per round."""
-    rounds: list[list[str]] = []
-    for depth in range(max((len(g) for g in groups), default=0)):
-        rounds.append([g[depth] for g in groups if depth < len(g)])
-    return rounds
