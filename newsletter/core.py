@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterator, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
@@ -300,14 +300,19 @@ class Publisher:
                 user_agent=self.config.http.user_agent,
                 timeout=self.config.http.timeout,
             )
-        with _writing("article pages not written", feeds.output_dir):
-            pages = archive.write_article_pages(
+        pages = self._write_article_pages(unlinked)
+        return [*written.paths, *pages, *self.write_archive()]
+
+    def _write_article_pages(self, unlinked: Iterable[Article]) -> list[Path]:
+        """The pages of the editors' articles without a url of their own (``unlinked``)."""
+        output_dir = self.config.feeds.output_dir
+        with _writing("article pages not written", output_dir):
+            return archive.write_article_pages(
                 unlinked,
                 renderer=self.renderer,
-                output_dir=feeds.output_dir,
-                has_issues=storage.last_digest() is not None,
+                output_dir=output_dir,
+                has_issues=self.storage.last_digest() is not None,
             )
-        return [*written.paths, *pages, *self.write_archive()]
 
     def write_archive(self) -> list[Path]:
         """Rewrite the web archive (a page per digest and the index) from the stored digests.
@@ -755,8 +760,18 @@ class Publisher:
         next ``build_feeds`` (``newsletter feeds``, every scheduled gather) writes it again."""
         try:
             self.write_archive()
+            if digest.number == 1:
+                # The archive begins: the editors' article pages gain their "Past issues"
+                # link now, not at the next gather.
+                self._write_article_pages(self._unlinked_articles())
         except (OutputError, RenderError) as e:
             log.error("digest %d: the web archive was not written: %s", digest.number, e)
+
+    def _unlinked_articles(self) -> Iterator[Article]:
+        offset = 0
+        while batch := self.storage.articles_page(offset, 500):
+            yield from (a for a in batch if not a.url)
+            offset += len(batch)
 
     def plan_send(self, *, force: bool = False, resend_uncertain: bool = False) -> SendPlan:
         """What ``send_digest`` would do now, touching nothing (``newsletter send --dry-run``)."""

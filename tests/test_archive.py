@@ -137,12 +137,15 @@ def test_feeds_rebuild_the_archive_and_leave_it_alone_when_unchanged(
     assert digest is not None
     written = sorted(p.name for p in folder.iterdir() if p.is_file())
     assert written == sorted(["index.html", archive.page_name(digest.created_at, digest.uid)])
+    # With the first issue the article pages link to the past issues, at once (not at the
+    # next gather, which would otherwise rewrite them once more).
+    index = archive.index_url(publisher.config.newsletter)
+    assert all(f'href="{index}"' in p.read_text() for p in pages)
     for path in folder.iterdir():
         if path.is_file():
             path.unlink()
     rebuilt = publisher.build_feeds()  # what `newsletter feeds` does
-    # The article pages now link to the past issues as well.
-    assert sorted(p.name for p in rebuilt) == sorted([*written, *(p.name for p in pages)])
+    assert sorted(p.name for p in rebuilt) == written
     assert publisher.build_feeds() == []
 
 
