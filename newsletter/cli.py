@@ -18,6 +18,7 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import click
 from rich.console import Console, ConsoleRenderable
@@ -36,11 +37,13 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from newsletter import clock
 from newsletter._version import __version__
 from newsletter.config import Config, find_config, load_config
 from newsletter.core import Publisher, make_publisher
 from newsletter.exceptions import ConfigError, NewsletterError, OutputError
 from newsletter.files import atomic_write
+from newsletter.schedule import CronSchedule
 from newsletter.types import (
     DeliveryResult,
     DeliveryStatus,
@@ -566,7 +569,7 @@ def _run_scheduler(publisher: Publisher, scheduler: NodeScheduler) -> None:
     publisher.backend  # noqa: B018 - a mail config that cannot work stops the start, not each job
     publisher.node.start()
     mails = (
-        f"digest at '{sched.digest_cron}' ({sched.timezone})"
+        f"digest at '{sched.digest_cron}' ({sched.timezone}), next {_next_digests(publisher)}"
         if publisher.config.digest.mode == "digest"
         else "a mail per new article after each gather"
     )
@@ -765,6 +768,12 @@ def status(state: State) -> None:
             highlight=False,
             markup=False,
         )
+    if publisher.config.digest.mode == "digest":
+        console.print(
+            f"next digests ('{publisher.config.schedule.digest_cron}'): {_next_digests(publisher)}",
+            highlight=False,
+            markup=False,
+        )
     for node in report.nodes:
         console.print(
             f"node {node.id}: {node.command}, up since {_when(node.started_at)}, "
@@ -869,6 +878,16 @@ class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed:,.0f} msg/s" if speed else "- msg/s")
+
+
+def _next_digests(publisher: Publisher, count: int = 3) -> str:
+    """The next fires of the digest cron, in the schedule's time zone (where the cron is read)."""
+    tz = ZoneInfo(publisher.config.schedule.timezone)
+    fires = CronSchedule(publisher.config.schedule.digest_cron, tz).next_fires(clock.now(), count)
+    if not fires:
+        return "none within five years"
+    when = ", ".join(f.at.astimezone(tz).strftime("%a %Y-%m-%d %H:%M") for f in fires)
+    return f"{when} ({publisher.config.schedule.timezone})"
 
 
 def _when(value: datetime | None, *, seconds: bool = False) -> str:

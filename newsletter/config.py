@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from newsletter._version import USER_AGENT
 from newsletter.addresses import validate_address
-from newsletter.cron import crontab_trigger
+from newsletter.cron import Crontab
 from newsletter.exceptions import ConfigError, SubscriberError
 from newsletter.grouping import GroupSettings
 from newsletter.sources import KINDS, kind_settings
@@ -688,7 +688,7 @@ def _schedule(t: Table, default_tz: str) -> ScheduleSettings:
     _check_timezone(t, "timezone", tz)
     cron = t.text("digest_cron", ScheduleSettings.digest_cron)
     try:
-        crontab_trigger(cron, ZoneInfo(tz))
+        Crontab(cron)
     except ValueError as e:
         raise t.error("digest_cron", f"not a valid crontab expression ({e})") from e
     settings = ScheduleSettings(

@@ -14,18 +14,18 @@ fires by (job, key):
   instant: it follows real time, so the repeated hour runs again and the missing hour, which
   never happened, does not.
 
-Which wall times match a crontab expression is APScheduler's ``CronTrigger`` evaluated on a
-clock without DST (UTC); how a wall time maps to an instant is ours.
+Which wall times match a crontab expression is croniter's (``newsletter.cron``), read on a
+clock without DST; how a wall time maps to an instant is ours (croniter's own DST handling
+would fire 02:30 twice on the autumn night).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Protocol
 
-from newsletter.cron import crontab_trigger
+from newsletter.cron import Crontab
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MARGIN = timedelta(hours=3)  # wider than any DST shift, to find walls near the window's edges
@@ -80,17 +80,8 @@ class CronSchedule:
     def __init__(self, expression: str, timezone: tzinfo) -> None:
         self.expression = expression
         self.timezone = timezone
-        # The wall times that match, on a clock without DST. Raises ValueError when invalid.
-        self._walls = crontab_trigger(expression, UTC)
-        hour = expression.split()[1]
-        self.fixed_hour = "*" not in hour and "/" not in hour
-
-    def _wall_times(self, start: datetime, end: datetime) -> Iterator[datetime]:
-        """Matching wall times (naive) in ``[start, end]``."""
-        at = self._walls.get_next_fire_time(None, start.replace(tzinfo=UTC))
-        while at is not None and at.replace(tzinfo=None) <= end:
-            yield at.replace(tzinfo=None)
-            at = self._walls.get_next_fire_time(at, at + timedelta(seconds=1))
+        self._crontab = Crontab(expression)  # raises ValueError when invalid
+        self.fixed_hour = self._crontab.fixed_hour
 
     def instants(self, wall: datetime) -> list[Fire]:
         """The fires of one matching wall time (naive, local): none, one or two instants."""
@@ -110,7 +101,7 @@ class CronSchedule:
         end = _wall(until, self.timezone) + _MARGIN
         found = {
             fire
-            for wall in self._wall_times(start, end)
+            for wall in self._crontab.walls(start, end)
             for fire in self.instants(wall)
             if after < fire.at <= until
         }
@@ -124,6 +115,14 @@ class CronSchedule:
                 return found[0]
             span *= 4
         return None
+
+    def next_fires(self, after: datetime, count: int) -> list[Fire]:
+        """The next ``count`` fires strictly after ``after`` (fewer if there are none)."""
+        out: list[Fire] = []
+        while len(out) < count and (fire := self.next_fire(after)) is not None:
+            out.append(fire)
+            after = fire.at
+        return out
 
 
 def _wall(at: datetime, tz: tzinfo) -> datetime:
