@@ -11,11 +11,8 @@ import email
 import email.policy
 import os
 import re
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -26,7 +23,7 @@ import requests
 from newsletter.config import load_config
 from newsletter.core import SECRET_META_KEY, make_publisher
 from newsletter.tokens import TokenError, UnsubscribeTokens
-from tests._project import add_article
+from tests._project import add_article, serving
 
 ADDRESS = "reader@example.com"
 SECRET_VARS = ("NEWSLETTER_SECRET", "NEWSLETTER_PREVIOUS_SECRETS")
@@ -59,32 +56,6 @@ def send_digest(config: Path, env: dict[str, str], number: int) -> tuple[str, st
     found = re.match(r"<https?://[^>]+/unsubscribe/([^>]+)>", str(message["List-Unsubscribe"]))
     assert found is not None, message["List-Unsubscribe"]
     return found.group(1), str(message["List-Id"]).strip("<>")
-
-
-@contextmanager
-def serving(config: Path, env: dict[str, str], *options: str) -> Iterator[tuple[str, Path]]:
-    """``newsletter serve --port 0``: its base URL, and the file its stderr goes to (read it
-    once the block is left, the server stopped)."""
-    log = config.parent / f"serve-{os.urandom(4).hex()}.log"
-    args = ["--config", str(config), *options, "serve", "--port", "0"]
-    with log.open("w") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "newsletter", *args],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env=env,
-            text=True,
-        )
-        try:
-            assert process.stdout is not None
-            line = process.stdout.readline()  # printed once the socket is bound
-            match = re.search(r"serving: (http://127\.0\.0\.1:\d+)/", line)
-            assert match, line + log.read_text()
-            yield match.group(1), log
-        finally:
-            process.send_signal(signal.SIGINT)
-            process.communicate(timeout=20)
-    assert process.returncode == 0, log.read_text()
 
 
 def opens(base: str, token: str) -> bool:
