@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import re
+import secrets
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -174,11 +175,21 @@ def init(path: Path, force: bool) -> None:
         raise ConfigError("already exists; pass --force to overwrite it", file=path)
     text = resources.files("newsletter").joinpath("starter.toml").read_text(encoding="utf-8")
     _write(path, text.encode())
-    load_config(path)  # the starter must always be a valid config
+    config = load_config(path)  # the starter must always be a valid config
     console.print(
         f"wrote {path}; edit it, then run `newsletter --config {path} run --once`",
         highlight=False,
         markup=False,
+    )
+    # The secret signs every subscriber's link: it goes where the processes' environment is
+    # set (a shell profile, an env file), never into a config file that may be committed.
+    env = config.newsletter.secret_env
+    console.print(
+        f"links are signed with ${env}; set it where `run` and `serve` run:\n"
+        f"export {env}={secrets.token_urlsafe(32)}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
     )
 
 

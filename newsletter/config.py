@@ -71,6 +71,9 @@ class NewsletterSettings:
     reply_to: str | None = None
     timezone: str = "UTC"
     secret_env: str = "NEWSLETTER_SECRET"  # noqa: S105 - the NAME of a variable, not a secret
+    # The NAME of a variable holding the secrets used before, comma-separated: links signed
+    # with them stay valid after a rotation.
+    previous_secrets_env: str = "NEWSLETTER_PREVIOUS_SECRETS"
 
     @property
     def sender(self) -> str:
@@ -222,6 +225,10 @@ class Config:
         """Read a secret from the environment variable the config names (never from the file)."""
         value = os.environ.get(env_name)
         return value or None
+
+    def secret_list(self, env_name: str) -> tuple[str, ...]:
+        """The comma-separated secrets of an environment variable, blanks dropped."""
+        return tuple(v.strip() for v in os.environ.get(env_name, "").split(",") if v.strip())
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -607,6 +614,7 @@ def _newsletter(t: Table) -> NewsletterSettings:
         "reply_to",
         "timezone",
         "secret_env",
+        "previous_secrets_env",
     )
     site_url = t.text("site_url")
     if not is_http_url(site_url):
@@ -627,9 +635,10 @@ def _newsletter(t: Table) -> NewsletterSettings:
             raise t.error("reply_to", e.message) from e
     tz = t.text("timezone", "UTC")
     _check_timezone(t, "timezone", tz)
-    secret_env = t.text("secret_env", "NEWSLETTER_SECRET")
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", secret_env):
-        raise t.error("secret_env", "expected the NAME of an environment variable, not a value")
+    secret_env = t.env_name("secret_env", "NEWSLETTER_SECRET")
+    previous_secrets_env = t.env_name("previous_secrets_env", "NEWSLETTER_PREVIOUS_SECRETS")
+    if previous_secrets_env == secret_env:
+        raise t.error("previous_secrets_env", "must name another variable than secret_env")
     title = t.header_text("title")
     settings = NewsletterSettings(
         title=title,
@@ -642,6 +651,7 @@ def _newsletter(t: Table) -> NewsletterSettings:
         reply_to=reply_to,
         timezone=tz,
         secret_env=secret_env,
+        previous_secrets_env=previous_secrets_env,
     )
     return settings
 

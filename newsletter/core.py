@@ -75,8 +75,28 @@ SECRET_META_KEY = "generated_secret"  # noqa: S105 - a key name, not a secret
 LIST_ID_META_KEY = "list_id"
 # A pending address is sent another confirmation only this long after the last one.
 CONFIRM_RESEND = timedelta(minutes=10)
+
 # Renderings of a digest whose editor's note was replaced meanwhile, before giving up.
 _NOTE_ATTEMPTS = 3
+
+_warned_no_secret: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_no_secret(env: str) -> None:
+    """Once per process and variable: ``serve`` and ``preview`` make a new Publisher whenever
+    the config file changes, and the advice needs saying once."""
+    with _warned_lock:
+        if env in _warned_no_secret:
+            return
+        _warned_no_secret.add(env)
+    log.warning(
+        "$%s is not set: links are signed with a secret kept in the database. Set your own, "
+        "e.g. export %s=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))'); "
+        "links already sent stay valid (the database's secret is still accepted)",
+        env,
+        env,
+    )
 
 
 @dataclass(frozen=True)
@@ -186,34 +206,35 @@ class Publisher:
 
     @cached_property
     def tokens(self) -> UnsubscribeTokens:
-        return UnsubscribeTokens(self._secret_value, self.list_id)
+        secret, previous = self._signing_keys
+        return UnsubscribeTokens(secret, self.list_id, previous=previous)
 
     @cached_property
     def confirm_tokens(self) -> ConfirmTokens:
+        secret, previous = self._signing_keys
         return ConfirmTokens(
-            self._secret_value,
+            secret,
             self.list_id,
             max_age=timedelta(hours=self.config.web.confirm_hours),
+            previous=previous,
         )
 
     @cached_property
-    def _secret_value(self) -> str:
-        return self._secret()
-
-    def _secret(self) -> str:
-        env = self.config.newsletter.secret_env
-        value = self.config.secret(env)
+    def _signing_keys(self) -> tuple[str, tuple[str, ...]]:
+        """The secret links are signed with, and the older ones links already in inboxes may
+        carry: ``previous_secrets_env``'s and, once the secret comes from the environment, the
+        one kept in the database (it signed every link made before the variable was set)."""
+        nl = self.config.newsletter
+        previous = self.config.secret_list(nl.previous_secrets_env)
+        value = self.config.secret(nl.secret_env)
         if value:
-            return value
+            kept = self.storage.get_meta(SECRET_META_KEY)
+            return value, (*previous, kept) if kept else previous
         # Without the variable, links would change on every run if we made one up each time;
         # a generated secret kept in the database (never in the repo) keeps them valid.
-        log.warning(
-            "$%s is not set: using a secret generated and kept in the database; "
-            "set $%s to keep unsubscribe links valid across databases",
-            env,
-            env,
-        )
-        return self.storage.get_or_create_meta(SECRET_META_KEY, lambda: secrets.token_urlsafe(32))
+        _warn_no_secret(nl.secret_env)
+        kept = self.storage.get_or_create_meta(SECRET_META_KEY, lambda: secrets.token_urlsafe(32))
+        return kept, previous
 
     # --- gather and feeds ------------------------------------------------------------------------
 

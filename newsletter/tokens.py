@@ -11,6 +11,10 @@ A confirmation token has the same payload plus the time it was made, and a diffe
 so an unsubscribe token never confirms anyone and a confirmation token never unsubscribes;
 it expires ``max_age`` after it was made (``TokenExpired``), measured on ``clock.now()``.
 
+Both sign with the current secret and accept a token signed with any of the ``previous`` ones
+too (itsdangerous's key list), so that setting or rotating the secret breaks no link already
+in an inbox.
+
 Owns signing and checking only; what an unsubscribe or a confirmation *does* belongs to the
 web app, ``Publisher`` and Storage.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 
 from itsdangerous import BadSignature, SignatureExpired, Signer, TimestampSigner
@@ -42,10 +47,17 @@ def _address_tag(email: str) -> str:
     return hashlib.sha256(email.lower().encode()).hexdigest()[:12]
 
 
+def _key_list(secret: str, previous: Sequence[str]) -> list[str]:
+    # itsdangerous signs with the last key and checks the list from the last to the first:
+    # the current secret, then the previous ones in the order given.
+    older = [key for key in dict.fromkeys(previous) if key and key != secret]
+    return [*reversed(older), secret]
+
+
 class UnsubscribeTokens:
-    def __init__(self, secret: str, list_id: str) -> None:
+    def __init__(self, secret: str, list_id: str, *, previous: Sequence[str] = ()) -> None:
         self._signer = Signer(
-            secret,
+            _key_list(secret, previous),
             salt=f"unsubscribe:{list_id}",
             key_derivation="hmac",
             digest_method=hashlib.sha256,
@@ -84,10 +96,12 @@ class _ClockSigner(TimestampSigner):
 class ConfirmTokens:
     """Expiring tokens for confirmation links: ``<id>.<address tag>.<time>.<signature>``."""
 
-    def __init__(self, secret: str, list_id: str, *, max_age: timedelta) -> None:
+    def __init__(
+        self, secret: str, list_id: str, *, max_age: timedelta, previous: Sequence[str] = ()
+    ) -> None:
         self.max_age = max_age
         self._signer = _ClockSigner(
-            secret,
+            _key_list(secret, previous),
             salt=f"confirm:{list_id}",
             key_derivation="hmac",
             digest_method=hashlib.sha256,

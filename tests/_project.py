@@ -1,12 +1,16 @@
 """Editing a copy of the example project for a test: its tables, its mail backend, its
-database, new articles; and running the real command on it in a child process."""
+database, new articles; and running the real command on it in a child process (``serve``
+too)."""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -67,6 +71,32 @@ def command(config: Path, *args: str, env: dict[str, str] | None = None) -> subp
         env=full_env,
         text=True,
     )
+
+
+@contextmanager
+def serving(config: Path, env: dict[str, str], *options: str) -> Iterator[tuple[str, Path]]:
+    """``newsletter serve --port 0``: its base URL, and the file its stderr goes to (read it
+    once the block is left, the server stopped)."""
+    log = config.parent / f"serve-{os.urandom(4).hex()}.log"
+    args = ["--config", str(config), *options, "serve", "--port", "0"]
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "newsletter", *args],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+            text=True,
+        )
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()  # printed once the socket is bound
+            match = re.search(r"serving: (http://127\.0\.0\.1:\d+)/", line)
+            assert match, line + log.read_text()
+            yield match.group(1), log
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=20)
+    assert process.returncode == 0, log.read_text()
 
 
 def _toml(value: object) -> str:

@@ -150,3 +150,12 @@ def test_find_config_uses_environment(tmp_path: Path, monkeypatch: pytest.Monkey
     path.unlink()
     with pytest.raises(ConfigError, match="newsletter init"):
         find_config(None)
+
+
+def test_previous_secrets_env_must_be_another_variable_name(tmp_path: Path) -> None:
+    e = error_for(tmp_path, MINIMAL + 'previous_secrets_env = "old,key"\n')
+    assert e.key == "newsletter.previous_secrets_env"
+    assert "old,key" not in str(e)  # secrets pasted by mistake are not echoed back
+    e = error_for(tmp_path, MINIMAL + 'secret_env = "NL_KEY"\nprevious_secrets_env = "NL_KEY"\n')
+    assert e.key == "newsletter.previous_secrets_env"
+    assert "another variable" in e.message

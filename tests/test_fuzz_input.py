@@ -110,6 +110,7 @@ KNOWN_KEYS: dict[str, tuple[str, ...]] = {
         "reply_to",
         "timezone",
         "secret_env",
+        "previous_secrets_env",
     ),
     "sources": _source_keys(),
     "schedule": (

@@ -417,6 +417,15 @@ def test_a_kept_value_is_created_once(db_url: str) -> None:
     assert len(set(values)) == 1 and len(values) == 5
 
 
+def test_reading_a_kept_value_never_creates_it(storage: SqlStorage) -> None:
+    # The secret kept in the database is an old key once one is set: reading it must not
+    # make one up where none ever signed a link.
+    assert storage.get_meta("secret") is None
+    assert storage.get_meta("secret") is None
+    assert storage.get_or_create_meta("secret", lambda: "kept") == "kept"
+    assert storage.get_meta("secret") == "kept"
+
+
 # --- opening -------------------------------------------------------------------------------------
 
 

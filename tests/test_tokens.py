@@ -1,10 +1,13 @@
-"""Unsubscribe tokens: signed per subscriber and list, refused when forged, altered or reused."""
+"""Unsubscribe tokens: signed per subscriber and list, refused when forged, altered or reused;
+those signed with a previous secret still accepted after a rotation."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 
-from newsletter.tokens import TokenError, UnsubscribeTokens
+from newsletter.tokens import ConfirmTokens, TokenError, TokenExpired, UnsubscribeTokens
 
 SECRET = "s3cret-for-tests-only"
 LIST = "the-test-weekly.news.example.org"
@@ -85,3 +88,32 @@ def test_a_token_of_another_list_is_refused(tokens: UnsubscribeTokens) -> None:
     other = UnsubscribeTokens(SECRET, "another-list.news.example.org").make(1, "ada@example.com")
     with pytest.raises(TokenError):
         tokens.verify(other)
+
+
+def test_a_token_signed_with_a_previous_secret_verifies_and_new_ones_use_the_current() -> None:
+    old = UnsubscribeTokens("old secret", LIST).make(7, "ada@example.com")
+    rotated = UnsubscribeTokens("new secret", LIST, previous=["older secret", "old secret"])
+    assert rotated.verify(old)[0] == 7
+    assert rotated.matches(old, "ada@example.com")
+    new = rotated.make(7, "ada@example.com")
+    assert new != old
+    # Signed with the current secret alone: valid once the previous ones are dropped.
+    assert UnsubscribeTokens("new secret", LIST).verify(new)[0] == 7
+    with pytest.raises(TokenError):
+        UnsubscribeTokens("new secret", LIST).verify(old)
+    with pytest.raises(TokenError):
+        UnsubscribeTokens("new secret", LIST, previous=["not it"]).verify(old)
+
+
+def test_a_confirmation_signed_with_a_previous_secret_verifies_until_it_expires(
+    fixed_clock: list[datetime],
+) -> None:
+    lifetime = timedelta(hours=72)
+    old = ConfirmTokens("old secret", LIST, max_age=lifetime).make(7, "ada@example.com")
+    rotated = ConfirmTokens("new secret", LIST, max_age=lifetime, previous=["old secret"])
+    assert rotated.verify(old)[0] == 7
+    with pytest.raises(TokenError):
+        ConfirmTokens("new secret", LIST, max_age=lifetime).verify(old)
+    fixed_clock[0] += lifetime + timedelta(seconds=1)
+    with pytest.raises(TokenExpired):  # an old key does not lengthen a link's life
+        rotated.verify(old)

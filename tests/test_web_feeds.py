@@ -33,6 +33,7 @@ from newsletter.core import Publisher, make_publisher
 from newsletter.web.public import create_public_app
 from newsletter.web.static import FileCache, StaticFolder, accepts_gzip, media_type_of
 from tests._browser import ServerThread, wait_for
+from tests._project import serving
 
 EXAMPLE_SITE = 'site_url = "https://news.example.org/"'
 SECRET = "test-secret-for-signing-links"
@@ -399,27 +400,11 @@ def test_serve_command_serves_until_interrupted(built: Path) -> None:
 
 
 def test_serve_on_port_zero_announces_the_port_it_listens_on(built: Path) -> None:
-    env = {**os.environ, "NEWSLETTER_SECRET": SECRET}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--config", str(built), "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()  # printed once the socket is bound
-        match = re.search(r"serving: http://127\.0\.0\.1:(\d+)/", line)
-        assert match, line
-        port = int(match.group(1))
+    with serving(built, {**os.environ, "NEWSLETTER_SECRET": SECRET}) as (base, _):
+        port = int(base.rsplit(":", 1)[1])  # printed once the socket is bound
         assert port != 0
-        health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        health = requests.get(f"{base}/healthz", timeout=10)
         assert health.status_code == 200
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=20)
-    assert process.returncode == 0
 
 
 def test_serve_refuses_a_webhook_without_its_secret(built: Path) -> None:

@@ -52,6 +52,9 @@ class Storage(Protocol):
 
     # --- meta ------------------------------------------------------------------------------------
 
+    def get_meta(self, key: str) -> str | None:
+        """The value kept under ``key``, or None when none was ever stored."""
+
     def get_or_create_meta(self, key: str, factory: Callable[[], object]) -> str:
         """The value kept under ``key``, stored as ``str(factory())`` the first time. Two
         processes racing on the first call both get the one value that was stored."""

@@ -30,11 +30,15 @@ _FORGET = timedelta(days=1)
 class RunsMixin(StorageBase):
     # --- meta ------------------------------------------------------------------------------------
 
-    def get_or_create_meta(self, key: str, factory: Callable[[], object]) -> str:
+    def get_meta(self, key: str) -> str | None:
         with self._read() as conn:
             row = conn.execute(select(s.meta.c.value).where(s.meta.c.key == key)).first()
-        if row is not None:
-            return str(row.value)
+        return None if row is None else str(row.value)
+
+    def get_or_create_meta(self, key: str, factory: Callable[[], object]) -> str:
+        found = self.get_meta(key)
+        if found is not None:
+            return found
         with self._tx() as conn:
             row = conn.execute(select(s.meta.c.value).where(s.meta.c.key == key)).first()
             if row is None:
