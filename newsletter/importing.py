@@ -136,11 +136,13 @@ def _cell(row: list[str], index: int | None) -> str:
     return row[index].strip() if index is not None and index < len(row) else ""
 
 
-def _sniff(sample: str) -> type[csv.Dialect] | csv.Dialect:
+def _delimiter(sample: str) -> str:
+    """The sniffed delimiter. Only the delimiter: every exporter quotes with ``"`` as Excel
+    does, and a sniffed quote character would strip the apostrophes of ``'Bob'``."""
     try:
-        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS)
+        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
     except csv.Error:  # one column, or too little to tell: a comma file
-        return csv.excel
+        return ","
 
 
 def read_rows(
@@ -161,11 +163,11 @@ def read_rows(
         raise SubscriberError(f"cannot read {path}: {e.strerror}") from e
     with handle:
         try:
-            dialect = _sniff(handle.read(_SNIFF_BYTES))
+            delimiter = _delimiter(handle.read(_SNIFF_BYTES))
             handle.seek(0)
         except OSError as e:
             raise SubscriberError(f"cannot read {path}: {e.strerror}") from e
-        reader = csv.reader(handle, dialect)
+        reader = csv.reader(handle, delimiter=delimiter)
         columns: _Columns | None = None
         while True:
             try:

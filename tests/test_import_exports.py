@@ -14,6 +14,7 @@ import pytest
 
 from newsletter.config import load_config
 from newsletter.core import make_publisher
+from newsletter.importing import read_rows
 from tests.test_cli import newsletter
 from tests.test_cli_input import assert_clean
 
@@ -193,3 +194,49 @@ def test_pending_import_sends_confirmations_and_changes_nobody_known(
     assert code == 0
     assert out == "imported 0 as pending, already present 3, rejected 0\n"
     assert len(list((example_project.parent / "outbox" / "0").glob("*.eml"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "options", "expected"),
+    [
+        # One column, no header: nothing to sniff, read as commas.
+        ("ada@example.com\nbob@example.com\n", {}, [(1, "ada@example.com", None)]),
+        # Semicolons in a comma file's names, commas in a semicolon file's names.
+        (
+            "email,name\nada@example.com,Ada; I\nb@example.com,B\n",
+            {},
+            [(2, "ada@example.com", "Ada; I")],
+        ),
+        (
+            "email;name\nada@example.com;Lovelace, Ada\nb@x.com;B\n",
+            {},
+            [(2, "ada@example.com", "Lovelace, Ada")],
+        ),
+        # Only the delimiter is sniffed: single quotes stay part of a name.
+        (
+            "email,name\nada@example.com,'Ada'\nb@example.com,O'B\n",
+            {},
+            [(2, "ada@example.com", "'Ada'")],
+        ),
+        # A position for the address, and the header still recognized and skipped.
+        (
+            "x,email,name\n1,ada@example.com,Ada\n",
+            {"email_column": "2"},
+            [(2, "ada@example.com", "Ada")],
+        ),
+        # A position with no header: the rows as they are.
+        (
+            "Ada;ada@example.com\n",
+            {"email_column": "2", "name_column": "1"},
+            [(1, "ada@example.com", "Ada")],
+        ),
+    ],
+)
+def test_reading_rows(
+    tmp_path: Path, text: str, options: dict[str, str], expected: list[tuple[int, str, str | None]]
+) -> None:
+    csv_file = tmp_path / "rows.csv"
+    csv_file.write_text(text)
+    rows = [(r.line, r.email, r.name) for r in read_rows(csv_file, **options)]
+    assert rows[: len(expected)] == expected
+    assert all(r.problem is None for r in read_rows(csv_file, **options))
