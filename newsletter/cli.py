@@ -821,20 +821,94 @@ def subscribers_add(state: State, email: str, name: str | None) -> None:
 
 @subscribers.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--email-column",
+    metavar="COLUMN",
+    help="The address column: a header's name or a 1-based position.  "
+    "[default: a recognized header (email, Email Address, email_address), else column 1]",
+)
+@click.option(
+    "--name-column",
+    metavar="COLUMN",
+    help="The name column: a header's name or a 1-based position.  "
+    "[default: a recognized header (name, or first and last name joined), else column 2]",
+)
+@click.option(
+    "--status",
+    "status",
+    type=click.Choice(["active", "pending"]),
+    default="active",
+    show_default=True,
+    help="pending: send each new address a confirmation mail instead of subscribing it.",
+)
+@click.option("--dry-run", is_flag=True, help="Report what the import would do; write nothing.")
 @pass_state
-def subscribers_import(state: State, file: Path) -> None:
-    """Import FILE.csv with rows `email[,name]` (header optional). Bad rows are reported."""
+def subscribers_import(
+    state: State,
+    file: Path,
+    email_column: str | None,
+    name_column: str | None,
+    status: str,
+    dry_run: bool,
+) -> None:
+    """Import FILE, a CSV export of another newsletter service or rows `email[,name]`.
+
+    Mailchimp, listmonk, Substack, Buttondown and Ghost headers are recognized; the
+    delimiter (comma, semicolon, tab) is detected. Addresses already stored are left as they
+    are (an import brings back no one who unsubscribed). Bad rows are reported by line.
+    """
+    pending = status == "pending"
     with state.publisher() as publisher:
-        report = publisher.import_subscribers(file)
-    for line, address, reason in report.rejected:
+        report = publisher.import_subscribers(
+            file,
+            email_column=email_column,
+            name_column=name_column,
+            pending=pending,
+            dry_run=dry_run,
+        )
+    shown = report.rejected[:_DRY_RUN_PROBLEMS] if dry_run else report.rejected
+    for line, address, reason in shown:
         err.print(_text(f"{file}:{line}: {address!r}: {reason}"), highlight=False, soft_wrap=True)
-    console.print(
-        f"imported {report.added}, already present {report.already_present}, "
-        f"rejected {len(report.rejected)}",
-        highlight=False,
-    )
+    if len(shown) < len(report.rejected):
+        err.print(f"... and {len(report.rejected) - len(shown)} more rejected rows")
+    as_pending = " as pending" if pending else ""
+    counts = f"already present {report.already_present}, rejected {len(report.rejected)}"
+    if dry_run:
+        console.print(
+            f"dry run, nothing written: would import {report.added}{as_pending}, {counts}",
+            highlight=False,
+        )
+    else:
+        console.print(f"imported {report.added}{as_pending}, {counts}", highlight=False)
+    if pending and not dry_run and report.added:
+        _send_confirmations(state, report.added)
     if report.rejected:
         sys.exit(EXIT_PARTIAL)
+
+
+_DRY_RUN_PROBLEMS = 20  # a dry run shows the first problems; the import itself shows them all
+
+
+def _send_confirmations(state: State, due: int) -> None:
+    """Send the confirmation mails an import just marked due, through the subscribe form's
+    own mailer (its retries, its claims: a running `serve` never sends one twice)."""
+    from newsletter.web.site import Site
+    from newsletter.web.subscription import ConfirmationMailer
+
+    config_file = state.config.file
+    assert config_file is not None  # loaded from a file by State
+    site = Site(config_file)
+    try:
+        sent = ConfirmationMailer(site).send_due()
+    finally:
+        site.close()
+    left = max(due - sent, 0)
+    console.print(
+        f"confirmation mails sent: {sent}"
+        + (f"; {left} not sent yet stay due (`newsletter serve` sends them)" if left else ""),
+        highlight=False,
+        markup=False,
+    )
 
 
 @subscribers.command("list")

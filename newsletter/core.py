@@ -8,7 +8,6 @@ what counts as sent). Does not own SQL (``storage``), HTTP or parsing (``sources
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import re
@@ -40,6 +39,7 @@ from newsletter.exceptions import (
 from newsletter.files import remove_leftover_temp_files
 from newsletter.gather import ItemLimits, gather, sanitize_html
 from newsletter.grouping import RelatedHistory
+from newsletter.importing import read_rows
 from newsletter.mail import make_backend
 from newsletter.mail.base import MailBackend, PreparedContent
 from newsletter.node import Node
@@ -922,34 +922,55 @@ class Publisher:
         address = validate_address(email)
         return self.storage.add_subscriber(address, _clean_name(name), clock.now())
 
-    def import_subscribers(self, path: Path) -> ImportReport:
-        """Import a CSV of ``email[,name]`` rows (a header row is optional).
+    def import_subscribers(
+        self,
+        path: Path,
+        *,
+        email_column: str | None = None,
+        name_column: str | None = None,
+        pending: bool = False,
+        dry_run: bool = False,
+    ) -> ImportReport:
+        """Import a CSV of subscribers: an export from another service (its header recognized,
+        or the columns named by ``email_column`` and ``name_column``), or ``email[,name]``
+        rows; the delimiter is sniffed (see ``importing``).
 
         Good rows are imported in one transaction; bad rows are reported by line number.
-        Nobody who unsubscribed is brought back by an import.
+        Nobody already stored is changed: an import brings back no one who unsubscribed.
+        With ``pending``, new addresses are pending with a confirmation mail due (sent as the
+        subscribe form's are), not active. With ``dry_run`` nothing is written: the report
+        says what the import would do.
         """
         good: list[tuple[str, str | None]] = []
         rejected: list[tuple[int, str, str]] = []
         seen: set[str] = set()
         duplicates = 0
-        for line, email, name, problem in _read_csv(path):
-            if problem is not None:
-                rejected.append((line, email, problem))
+        for row in read_rows(path, email_column=email_column, name_column=name_column):
+            if row.problem is not None:
+                rejected.append((row.line, row.email, row.problem))
                 continue
             try:
-                address = validate_address(email)
-                clean = _clean_name(name)
+                address = validate_address(row.email)
+                clean = _clean_name(row.name)
             except SubscriberError as e:
-                rejected.append((line, email, e.message))
+                rejected.append((row.line, row.email, e.message))
                 continue
             if address.lower() in seen:
                 duplicates += 1
                 continue
             seen.add(address.lower())
             good.append((address, clean))
-        added, present = self.storage.add_subscribers(good, clock.now())
+        if dry_run:
+            present = len(self.storage.known_emails(seen))
+            added = len(good) - present
+        else:
+            added, present = self.storage.add_subscribers(good, clock.now(), pending=pending)
         return ImportReport(
-            added=added, already_present=present + duplicates, rejected=tuple(rejected)
+            added=added,
+            already_present=present + duplicates,
+            rejected=tuple(rejected),
+            status=SubscriberStatus.PENDING if pending else SubscriberStatus.ACTIVE,
+            dry_run=dry_run,
         )
 
     def remove_subscriber(self, email: str, *, delete: bool = False) -> bool:
@@ -1052,8 +1073,6 @@ class Publisher:
 # folded. A name goes into the To: header and the greeting: a NUL or an ESC there makes every
 # delivery to that subscriber fail, long after the form or the import said yes.
 _NAME_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-# What the "surrogateescape" error handler makes of an undecodable byte (PEP 383).
-_UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 @contextmanager
@@ -1078,54 +1097,3 @@ def _clean_name(name: str | None) -> str | None:
         shown = bad.group().encode("unicode_escape").decode("ascii")
         raise SubscriberError(f"a name must not contain control characters (found {shown})")
     return cleaned or None
-
-
-def _read_csv(path: Path) -> Iterator[tuple[int, str, str | None, str | None]]:
-    """Yield (line number, email, name, problem) for each data row of a subscribers CSV.
-
-    ``problem`` is why a row could not be read (bytes that are not UTF-8, a malformed CSV
-    record); the row's email is then shown as written, with escapes. One bad row never stops
-    the others. Raises ``SubscriberError`` only when the file cannot be read at all.
-    """
-    try:
-        # surrogateescape: an undecodable byte becomes a marker in its own row instead of an
-        # exception that would end the whole import.
-        handle = path.open(newline="", encoding="utf-8-sig", errors="surrogateescape")
-    except OSError as e:
-        raise SubscriberError(f"cannot read {path}: {e.strerror}") from e
-    with handle:
-        reader = csv.reader(handle)
-        first = True
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                # The reader starts afresh on the next record after an error.
-                first = False
-                yield reader.line_num, "", None, f"not a readable CSV row: {e}"
-                continue
-            except OSError as e:
-                raise SubscriberError(f"cannot read {path}: {e.strerror}") from e
-            line = reader.line_num
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            undecodable = next((m for c in row if (m := _UNDECODABLE.search(c))), None)
-            if undecodable is not None:
-                first = False
-                byte = ord(undecodable.group()) - 0xDC00
-                shown = row[0].strip().encode("utf-8", "surrogateescape")
-                yield (
-                    line,
-                    shown.decode("utf-8", "backslashreplace"),
-                    None,
-                    f"not valid UTF-8 (byte 0x{byte:02x})",
-                )
-                continue
-            if first:
-                first = False
-                if row[0].strip().lower() in ("email", "e-mail", "address", "email address"):
-                    continue
-            name = row[1].strip() if len(row) > 1 and row[1].strip() else None
-            yield line, row[0].strip(), name, None

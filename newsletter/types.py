@@ -217,9 +217,11 @@ class Subscriber:
 class ImportReport:
     """What ``subscribers import`` did: counts, and each refused row with its line number."""
 
-    added: int
+    added: int  # with ``dry_run``: would be added
     already_present: int
     rejected: tuple[tuple[int, str, str], ...]  # (line, address as written, reason)
+    status: SubscriberStatus = SubscriberStatus.ACTIVE  # of the added ones
+    dry_run: bool = False  # nothing was written
 
 
 # --- digests and delivery ----------------------------------------------------------------------

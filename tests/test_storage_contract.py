@@ -529,3 +529,24 @@ def test_page_cache_is_replaced_per_source(storage: SqlStorage) -> None:
     assert storage.cached_pages("one") == {empty.url: empty}
     assert storage.cached_pages("two") == {page.url: page, empty.url: empty}
     assert storage.cached_pages("three") == {}
+
+
+def test_a_pending_import_marks_confirmations_due_and_changes_nobody_known(
+    storage: SqlStorage,
+) -> None:
+    storage.add_subscriber("left@example.com", "Left", NOW)
+    storage.unsubscribe("left@example.com", NOW)
+    rows = [("New@Example.com", "New"), ("left@example.com", None), ("two@example.com", None)]
+    assert storage.add_subscribers(rows, NOW, pending=True) == (2, 1)
+    assert storage.known_emails(["NEW@example.com", "left@example.com", "x@example.com"]) == {
+        "new@example.com",
+        "left@example.com",
+    }
+    by_email = {s.email: s.status for s in storage.iter_subscribers()}
+    assert by_email == {
+        "left@example.com": SubscriberStatus.UNSUBSCRIBED,
+        "new@example.com": SubscriberStatus.PENDING,
+        "two@example.com": SubscriberStatus.PENDING,
+    }
+    claims = storage.claim_confirmations(limit=10, lease=LEASE)
+    assert sorted(c.subscriber.email for c in claims) == ["new@example.com", "two@example.com"]

@@ -132,10 +132,14 @@ class Storage(Protocol):
         pending one (never a suppressed one). Returns (subscriber, created)."""
 
     def add_subscribers(
-        self, rows: Iterable[tuple[str, str | None]], now: datetime
+        self, rows: Iterable[tuple[str, str | None]], now: datetime, *, pending: bool = False
     ) -> tuple[int, int]:
-        """Bulk add (email, name) rows as active, never re-activating anyone, in one
-        transaction. Returns (added, already present)."""
+        """Bulk add (email, name) rows as active (with ``pending``: pending, confirmation
+        due), never re-activating anyone, in one transaction. Returns (added, already
+        present)."""
+
+    def known_emails(self, emails: Iterable[str]) -> set[str]:
+        """Which of these addresses are stored (lower-cased), whatever their status."""
 
     def get_subscriber(self, email: str) -> Subscriber | None:
         """By address (case-insensitive)."""

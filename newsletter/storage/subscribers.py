@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Text, and_, func, literal, or_, select, update
 
@@ -23,6 +23,7 @@ _RECEIVING = (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
 # Statuses an admin's `subscribers add` may bring back; suppressed addresses stay suppressed.
 _REACTIVATABLE = (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.PENDING)
 _SUPPRESSED = (SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED)
+_T = TypeVar("_T")
 
 
 class SubscribersMixin(StorageBase):
@@ -63,10 +64,12 @@ class SubscribersMixin(StorageBase):
         return _subscriber(row), created
 
     def add_subscribers(
-        self, rows: Iterable[tuple[str, str | None]], now: datetime
+        self, rows: Iterable[tuple[str, str | None]], now: datetime, *, pending: bool = False
     ) -> tuple[int, int]:
         """Bulk add in one transaction, never re-activating anyone. Returns (added, present).
 
+        With ``pending``, new addresses are added pending with their confirmation marked due,
+        as ``request_subscription`` does, so a ``serve`` mailer (or the caller) sends them.
         Rows go in chunks of ``chunk`` with ``ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL
         both have it), so a million-row import is a few thousand statements, not a million.
         """
@@ -74,21 +77,32 @@ class SubscribersMixin(StorageBase):
         count = select(func.count()).select_from(s.subscribers)
         with self._tx() as conn:
             before = int(conn.execute(count).scalar_one())
+            extra: dict[str, Any] = {"status": SubscriberStatus.ACTIVE}
+            if pending:
+                extra = {
+                    "status": SubscriberStatus.PENDING,
+                    "confirm_sent_at": now,
+                    "confirm_due_at": self._lease_now(conn),
+                    "confirm_attempts": 0,
+                }
             for chunk in _chunks(rows, 1000):
                 values = [
-                    {
-                        "email": e.lower(),
-                        "name": n,
-                        "status": SubscriberStatus.ACTIVE,
-                        "created_at": now,
-                    }
-                    for e, n in chunk
+                    {"email": e.lower(), "name": n, "created_at": now, **extra} for e, n in chunk
                 ]
                 total += len(values)
                 conn.execute(self._insert_ignore(s.subscribers, ["email"]), values)
             added = int(conn.execute(count).scalar_one()) - before
         present = total - added
         return added, present
+
+    def known_emails(self, emails: Iterable[str]) -> set[str]:
+        """Which of these addresses (compared lower-cased) are stored, whatever their status."""
+        known: set[str] = set()
+        column = s.subscribers.c.email
+        with self._read() as conn:
+            for chunk in _chunks((e.lower() for e in emails), 1000):
+                known.update(conn.execute(select(column).where(column.in_(chunk))).scalars())
+        return known
 
     def get_subscriber(self, email: str) -> Subscriber | None:
         with self._read() as conn:
@@ -268,10 +282,8 @@ class SubscribersMixin(StorageBase):
             conn.execute(s.subscribers.delete().where(s.subscribers.c.id == row.id))
 
 
-def _chunks(
-    rows: Iterable[tuple[str, str | None]], size: int
-) -> Iterator[list[tuple[str, str | None]]]:
-    chunk: list[tuple[str, str | None]] = []
+def _chunks(rows: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    chunk: list[_T] = []
     for row in rows:
         chunk.append(row)
         if len(chunk) == size:
