@@ -807,11 +807,16 @@ def subscribers() -> None:
 @subscribers.command("add")
 @click.argument("email")
 @click.option("--name", help="The subscriber's name (used in the greeting).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Re-activate EMAIL even if it unsubscribed (only when they asked you to).",
+)
 @pass_state
-def subscribers_add(state: State, email: str, name: str | None) -> None:
-    """Add EMAIL (or re-activate it if it had unsubscribed)."""
+def subscribers_add(state: State, email: str, name: str | None, force: bool) -> None:
+    """Add EMAIL as active. An address that unsubscribed is refused without --force."""
     with state.publisher() as publisher:
-        sub, created = publisher.add_subscriber(email, name)
+        sub, created = publisher.add_subscriber(email, name, force=force)
     console.print(
         f"{'added' if created else 'already present'}: {sub.email} ({sub.status})",
         highlight=False,

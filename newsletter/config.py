@@ -202,6 +202,8 @@ class WebSettings:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     subscribe_rate_per_minute: float = 5.0  # POST /subscribe per client address
     confirm_hours: float = 72.0  # lifetime of a confirmation link
+    # Addresses that asked to subscribe and never confirmed are forgotten after this long.
+    purge_pending_days: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -860,6 +862,7 @@ def _web(t: Table, deprecations: list[str]) -> tuple[WebSettings, dict[str, dict
         "trusted_proxies",
         "subscribe_rate_per_minute",
         "confirm_hours",
+        "purge_pending_days",
         *_LEGACY_WEBHOOK_KEYS,
     )
     legacy: dict[str, dict[str, str]] = {}
@@ -907,7 +910,16 @@ def _web(t: Table, deprecations: list[str]) -> tuple[WebSettings, dict[str, dict
         confirm_hours=float(
             t.number("confirm_hours", WebSettings.confirm_hours, minimum=0.1, maximum=_YEAR_H)
         ),
+        purge_pending_days=float(
+            t.number("purge_pending_days", WebSettings.purge_pending_days, minimum=1, maximum=3650)
+        ),
     )
+    if settings.purge_pending_days * 24 < settings.confirm_hours:
+        raise t.error(
+            "purge_pending_days",
+            f"must be at least the confirmation link's lifetime (confirm_hours = "
+            f"{settings.confirm_hours:g}), or a valid link could find its request gone",
+        )
     return settings, legacy
 
 

@@ -918,9 +918,29 @@ class Publisher:
 
     # --- subscribers -----------------------------------------------------------------------------
 
-    def add_subscriber(self, email: str, name: str | None = None) -> tuple[Subscriber, bool]:
+    def add_subscriber(
+        self, email: str, name: str | None = None, *, force: bool = False
+    ) -> tuple[Subscriber, bool]:
+        """Add an active subscriber (a pending one is activated). An address that unsubscribed
+        is brought back only with ``force``: otherwise a list owner could undo someone's
+        unsubscribe by mistake, so it raises ``SubscriberError`` and changes nothing (the
+        person can subscribe again through the form, which asks them to confirm)."""
         address = validate_address(email)
-        return self.storage.add_subscriber(address, _clean_name(name), clock.now())
+        reactivate = (
+            (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.PENDING)
+            if force
+            else (SubscriberStatus.PENDING,)
+        )
+        subscriber, created = self.storage.add_subscriber(
+            address, _clean_name(name), clock.now(), reactivate=reactivate
+        )
+        if subscriber.status == SubscriberStatus.UNSUBSCRIBED:
+            raise SubscriberError(
+                "unsubscribed, so not re-activated: they can subscribe again through the "
+                "form (and confirm), or add them with --force if they asked you to",
+                address=subscriber.email,
+            )
+        return subscriber, created
 
     def import_subscribers(
         self,
@@ -1011,17 +1031,34 @@ class Publisher:
         recipient = Recipient(subscriber.id, subscriber.email, subscriber.name, values)
         return self.backend.send_one(content, recipient)
 
+    def subscriber_for_confirmation(self, token: str) -> Subscriber:
+        """The subscriber a confirmation token names, changing nothing (the page with the
+        button, which link scanners may fetch). Raises ``TokenExpired``, or ``TokenError``."""
+        subscriber_id, tag = self.confirm_tokens.verify(token)
+        subscriber = self.storage.get_subscriber_by_id(subscriber_id)
+        if subscriber is None or not self.confirm_tokens.tag_matches(tag, subscriber.email):
+            raise TokenError("this confirmation link is not valid")
+        return subscriber
+
+    def purge_pending(self) -> int:
+        """Forget addresses that asked to subscribe more than ``[web] purge_pending_days``
+        ago and never confirmed (``Storage.purge_pending``). Returns how many were changed."""
+        days = self.config.web.purge_pending_days
+        purged = self.storage.purge_pending(clock.now() - timedelta(days=days))
+        if purged:
+            log.info(
+                "purged %d unconfirmed subscription request(s) older than %g days", purged, days
+            )
+        return purged
+
     def confirm_subscription(self, token: str) -> Subscriber:
         """Double opt-in, step two: activate the pending subscriber the token names. Idempotent.
 
         Returns the subscriber afterwards: ACTIVE, or the status that stopped it (unsubscribed
         or suppressed since). Raises ``TokenExpired``, or ``TokenError`` for a bad token.
         """
-        subscriber_id, tag = self.confirm_tokens.verify(token)
-        subscriber = self.storage.get_subscriber_by_id(subscriber_id)
-        if subscriber is None or not self.confirm_tokens.tag_matches(tag, subscriber.email):
-            raise TokenError("this confirmation link is not valid")
-        confirmed = self.storage.confirm_subscriber(subscriber_id, clock.now())
+        subscriber = self.subscriber_for_confirmation(token)
+        confirmed = self.storage.confirm_subscriber(subscriber.id, clock.now())
         if confirmed is None:  # erased in between
             raise TokenError("this confirmation link is not valid")
         return confirmed

@@ -73,8 +73,8 @@ def test_remove_and_delete(publisher: Publisher) -> None:
     assert publisher.remove_subscriber("a@example.com") is True
     assert publisher.remove_subscriber("a@example.com") is False  # already unsubscribed
     assert [s.status for s in publisher.subscribers()] == [SubscriberStatus.UNSUBSCRIBED]
-    # an explicit add by an editor re-activates
-    sub, _ = publisher.add_subscriber("a@example.com")
+    # an explicit add by an editor re-activates, when forced (tests/test_optin.py)
+    sub, _ = publisher.add_subscriber("a@example.com", force=True)
     assert sub.status == SubscriberStatus.ACTIVE
     publisher.remove_subscriber("a@example.com", delete=True)
     assert publisher.storage.count_subscribers() == 0

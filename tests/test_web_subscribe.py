@@ -105,10 +105,17 @@ def test_subscribe_confirm_activates(site: Running) -> None:
 
     head = requests.head(link, timeout=10)  # a probe is not a confirmation
     assert head.status_code == 200
+    # Nor is a GET, which mail filters make for every link: it shows the button.
+    for _ in range(3):
+        shown = requests.get(link, timeout=10)
+        assert shown.status_code == 200
+        assert 'id="confirm-form" method="post"' in shown.text and "ada@example.com" in shown.text
+        assert shown.headers["cache-control"] == "no-store"
+        assert "frame-ancestors 'none'" in shown.headers["content-security-policy"]
     assert status_of(site, "ada@example.com") == SubscriberStatus.PENDING
 
     for _ in range(2):  # idempotent
-        confirmed = requests.get(link, timeout=10)
+        confirmed = requests.post(link, timeout=10)
         assert confirmed.status_code == 200
         assert "You are subscribed" in confirmed.text and "ada@example.com" in confirmed.text
         assert confirmed.headers["cache-control"] == "no-store"
@@ -185,7 +192,8 @@ def test_pending_address_gets_another_mail_after_a_while(
     settle(site, "marker@example.com")
     second = confirm_link(site.mails()["slow@example.com"])  # the same file, rewritten
     assert second != first
-    assert requests.get(first, timeout=10).status_code == 200  # either link confirms
+    assert requests.post(first, timeout=10).status_code == 200  # either link confirms
+    assert status_of(site, "slow@example.com") == SubscriberStatus.ACTIVE
 
 
 def test_rate_limit_per_client_address(example_project: Path) -> None:
@@ -424,7 +432,7 @@ def test_a_confirmation_left_due_by_a_crashed_process_is_sent_once(
         with site.publisher() as publisher:
             assert isinstance(publisher.storage, SqlStorage)
             assert due_at(publisher.storage, "left@example.com") == (None, 1)
-        assert requests.get(confirm_link(received.message), timeout=10).status_code == 200
+        assert requests.post(confirm_link(received.message), timeout=10).status_code == 200
         assert status_of(site, "left@example.com") == SubscriberStatus.ACTIVE
 
 
@@ -570,9 +578,9 @@ def test_bad_or_expired_confirmation_links(site: Running, fixed_clock: list[date
     assert status_of(site, "late@example.com") == SubscriberStatus.PENDING
 
     fixed_clock[0] += timedelta(hours=72, seconds=1)
-    expired = requests.get(link, timeout=10)
-    assert expired.status_code == 410
-    assert "This link has expired" in expired.text and 'href="/subscribe"' in expired.text
+    for expired in (requests.get(link, timeout=10), requests.post(link, timeout=10)):
+        assert expired.status_code == 410
+        assert "This link has expired" in expired.text and 'href="/subscribe"' in expired.text
     assert status_of(site, "late@example.com") == SubscriberStatus.PENDING
 
 
@@ -581,9 +589,24 @@ def test_confirming_after_leaving_does_not_bring_back(site: Running) -> None:
     message = site.wait_for_mail("gone@example.com")
     left = requests.post(unsubscribe_link(message), data="List-Unsubscribe=One-Click", timeout=10)
     assert left.status_code == 200
-    response = requests.get(confirm_link(message), timeout=10)
-    assert response.status_code == 410
+    for response in (
+        requests.get(confirm_link(message), timeout=10),
+        requests.post(confirm_link(message), timeout=10),
+    ):
+        assert response.status_code == 410
     assert status_of(site, "gone@example.com") == SubscriberStatus.UNSUBSCRIBED
+
+
+def test_confirm_button_from_another_site_is_refused(site: Running) -> None:
+    subscribe(site, "csrf@example.com")
+    link = confirm_link(site.wait_for_mail("csrf@example.com"))
+    forged = requests.post(
+        link,
+        headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+        timeout=10,
+    )
+    assert forged.status_code == 403
+    assert status_of(site, "csrf@example.com") == SubscriberStatus.PENDING
 
 
 # --- unsubscribe ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ suite ``tests/test_storage_contract.py`` runs against both engines.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -126,10 +126,19 @@ class Storage(Protocol):
     # --- subscribers -----------------------------------------------------------------------------
 
     def add_subscriber(
-        self, email: str, name: str | None, now: datetime, *, reactivate: bool = True
+        self,
+        email: str,
+        name: str | None,
+        now: datetime,
+        *,
+        reactivate: Collection[SubscriberStatus] = (
+            SubscriberStatus.UNSUBSCRIBED,
+            SubscriberStatus.PENDING,
+        ),
     ) -> tuple[Subscriber, bool]:
-        """Add an active subscriber, or with ``reactivate`` bring back an unsubscribed or
-        pending one (never a suppressed one). Returns (subscriber, created)."""
+        """Add an active subscriber, or activate a known one whose status is in
+        ``reactivate`` (unsubscribed or pending; a suppressed one never). Raises ``ValueError``
+        for another status. Returns (subscriber, created)."""
 
     def add_subscribers(
         self, rows: Iterable[tuple[str, str | None]], now: datetime, *, pending: bool = False
@@ -171,6 +180,11 @@ class Storage(Protocol):
     def confirm_subscriber(self, subscriber_id: int, now: datetime) -> Subscriber | None:
         """Double opt-in, step two: pending becomes active. The subscriber afterwards, or None
         when unknown."""
+
+    def purge_pending(self, requested_before: datetime) -> int:
+        """Forget pending addresses last requested before ``requested_before`` (one that had
+        unsubscribed or received issues goes back to unsubscribed). Safe to run from several
+        processes at once. Returns how many were changed."""
 
     def suppress(
         self, email: str, status: SubscriberStatus, reason: str | None, now: datetime

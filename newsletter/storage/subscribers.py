@@ -7,7 +7,7 @@ processes adding the same address both succeed and store it once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -21,20 +21,28 @@ from newsletter.types import Subscriber, SubscriberStatus
 # Statuses that receive mail (or are about to: pending is waiting for its confirmation).
 _RECEIVING = (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
 # Statuses an admin's `subscribers add` may bring back; suppressed addresses stay suppressed.
-_REACTIVATABLE = (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.PENDING)
+REACTIVATABLE = (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.PENDING)
 _SUPPRESSED = (SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED)
 _T = TypeVar("_T")
 
 
 class SubscribersMixin(StorageBase):
     def add_subscriber(
-        self, email: str, name: str | None, now: datetime, *, reactivate: bool = True
+        self,
+        email: str,
+        name: str | None,
+        now: datetime,
+        *,
+        reactivate: Collection[SubscriberStatus] = REACTIVATABLE,
     ) -> tuple[Subscriber, bool]:
-        """Add (with ``reactivate``, re-activate) a subscriber. Returns (subscriber, created).
+        """Add a subscriber, or activate a known one whose status is in ``reactivate``.
+        Returns (subscriber, created).
 
-        Re-activating brings back an unsubscribed or pending address, never a suppressed one
+        Re-activating can bring back an unsubscribed or pending address, never a suppressed one
         (bounced or complained).
         """
+        if not set(reactivate) <= set(REACTIVATABLE):
+            raise ValueError(f"{sorted(reactivate)} cannot all be re-activated")
         email = email.lower()
         sub = s.subscribers
         with self._tx() as conn:
@@ -53,7 +61,7 @@ class SubscribersMixin(StorageBase):
             if not created and reactivate:
                 conn.execute(
                     update(sub)
-                    .where(sub.c.email == email, sub.c.status.in_(_REACTIVATABLE))
+                    .where(sub.c.email == email, sub.c.status.in_(list(reactivate)))
                     .values(
                         status=SubscriberStatus.ACTIVE,
                         unsubscribed_at=None,
@@ -247,6 +255,34 @@ class SubscribersMixin(StorageBase):
             )
             row = conn.execute(select(sub).where(sub.c.id == subscriber_id)).first()
         return _subscriber(row) if row is not None else None
+
+    def purge_pending(self, requested_before: datetime) -> int:
+        """Forget pending addresses whose last request is older than ``requested_before``:
+        nobody confirmed them, so they are not anyone's subscription. One that had received
+        issues before (it unsubscribed, then asked again) goes back to unsubscribed instead, so
+        its delivery history and its unsubscribe stay recorded. Returns how many were changed.
+
+        Each statement only touches rows still pending and old, so several processes purging
+        at once do the work once and a confirmation racing a purge wins or loses whole.
+        """
+        sub = s.subscribers
+        stale = and_(
+            sub.c.status == SubscriberStatus.PENDING,
+            func.coalesce(sub.c.confirm_sent_at, sub.c.created_at) < requested_before,
+        )
+        received = (
+            select(s.deliveries.c.subscriber_id)
+            .where(s.deliveries.c.subscriber_id == sub.c.id)
+            .exists()
+        )
+        with self._tx() as conn:
+            back = conn.execute(
+                update(sub)
+                .where(stale, or_(received, sub.c.unsubscribed_at.is_not(None)))
+                .values(status=SubscriberStatus.UNSUBSCRIBED, confirm_due_at=None)
+            ).rowcount
+            gone = conn.execute(sub.delete().where(stale)).rowcount
+        return int(back) + int(gone)
 
     def suppress(
         self, email: str, status: SubscriberStatus, reason: str | None, now: datetime

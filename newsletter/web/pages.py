@@ -101,6 +101,13 @@ confirmation link is on its way. Click the link in it to start receiving issues.
 <p><small>Nothing there after a few minutes? Look in the spam folder, or check the address
 and <a href="/subscribe">try again</a>.</small></p>
 """,
+    "confirm": """\
+<p id="message">Send this newsletter to <strong>{{ email }}</strong>?</p>
+<form id="confirm-form" method="post" action="">
+<button id="confirm" type="submit">Yes, subscribe me</button>
+</form>
+<p><small>If you did not ask for it, close this page: nothing will be sent.</small></p>
+""",
     "confirmed": """\
 <p id="message">You are subscribed: the next issue will reach <strong>{{ email }}</strong>.
 Every issue has a link to unsubscribe.</p>

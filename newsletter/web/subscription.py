@@ -12,8 +12,12 @@
   address (per /64 for IPv6), kept in the database so every ``serve`` process counts against
   it, limits requests (429 with ``Retry-After``), and a form posted from another site is
   refused (403): ``Origin`` (or ``Sec-Fetch-Site``) must name this site.
-- ``GET /confirm/<token>``: activates the pending subscriber (idempotent); an expired link is
-  410, a tampered one 400, each with a page saying what to do.
+- ``GET /confirm/<token>`` shows a page with a button and changes nothing: mail filters that
+  fetch every link in a message would otherwise subscribe addresses whose owners never
+  clicked. ``POST /confirm/<token>`` (the button, refused from another site) activates the
+  pending subscriber (idempotent). An expired link is 410, a tampered one 400, each with a
+  page saying what to do. Addresses that never confirm are forgotten after
+  ``[web] purge_pending_days``, by the confirmation mailer's rounds.
 - ``GET /unsubscribe/<token>`` shows a page with a button and changes nothing (link scanners
   and prefetchers fetch links in mail); ``POST /unsubscribe/<token>`` unsubscribes, from that
   button or as a mailbox provider's RFC 8058 one-click request (body
@@ -33,6 +37,7 @@ import ipaddress
 import logging
 import math
 import threading
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -74,6 +79,7 @@ RETRY_DELAYS = (
 )
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
 DRAIN_SECONDS = 10.0  # at shutdown, the mail being sent gets this long to finish
+PURGE_SECONDS = 3600.0  # how often a mailer forgets old unconfirmed requests
 
 
 class ConfirmationMailer:
@@ -106,6 +112,7 @@ class ConfirmationMailer:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._purged_at: float | None = None
 
     def start(self) -> None:
         self._stopping.clear()
@@ -138,9 +145,23 @@ class ConfirmationMailer:
             self._wake.wait(self.poll_seconds)
             self._wake.clear()
             try:
+                self.purge()
                 self.send_due()
             except Exception:  # a bug must not end the thread: the next poll tries again
                 log.exception("confirmation mails: unexpected error")
+
+    def purge(self) -> None:
+        """Forget old unconfirmed requests, at most once per ``PURGE_SECONDS`` per process.
+        The purge is one conditional statement per kind of row, so several processes doing
+        it at once change each row once."""
+        now = time.monotonic()
+        if self._purged_at is not None and now - self._purged_at < PURGE_SECONDS:
+            return
+        self._purged_at = now
+        try:
+            self.site.publisher().purge_pending()
+        except NewsletterError as e:
+            log.error("unconfirmed subscription requests: cannot purge: %s", e)
 
     def send_due(self) -> int:
         """Claim and send confirmations until none is due or the mailer stops. Returns how
@@ -382,17 +403,42 @@ class Subscriptions:
 
     # --- /confirm --------------------------------------------------------------------------------
 
-    async def confirm(self, request: Request) -> Response:
-        if request.method == "HEAD":  # only a GET confirms: a HEAD probe changes nothing
+    async def confirm_page(self, request: Request) -> Response:
+        """GET: show the button. Changes nothing, so a link scanner confirms no one."""
+        if request.method == "HEAD":
             return Response(status_code=200, headers=pages.PRIVATE_HEADERS)
-        return await run_in_threadpool(self._confirm, request.path_params["token"])
+        return await run_in_threadpool(self._confirm, request, False)
 
-    def _confirm(self, token: str) -> Response:
+    async def confirm(self, request: Request) -> Response:
+        """POST: the button. Idempotent."""
+        try:
+            await read_limited(request, MAX_FORM_BYTES)  # the body says nothing: the token does
+        except ClientDisconnect:
+            return Response(status_code=400)
+        return await run_in_threadpool(self._confirm, request, True)
+
+    def _confirm(self, request: Request, act: bool) -> Response:
+        token = request.path_params["token"]
         try:
             publisher = self.site.publisher()
             settings = self.settings(publisher)
-            with self._write_lock:
-                subscriber = publisher.confirm_subscription(token)
+            if act and cross_site(request, publisher.config.newsletter.site_url):
+                return pages.page(
+                    "problem",
+                    settings,
+                    heading="Not confirmed",
+                    status_code=403,
+                    private=True,
+                    message="This button can only be pressed on this site: open the link "
+                    "from the message again.",
+                    link=None,
+                    link_text="",
+                )
+            if act:
+                with self._write_lock:
+                    subscriber = publisher.confirm_subscription(token)
+            else:
+                subscriber = publisher.subscriber_for_confirmation(token)
         except TokenExpired:
             return pages.page(
                 "confirm_gone",
@@ -417,6 +463,10 @@ class Subscriptions:
             )
         except NewsletterError as e:
             return _unavailable(e)
+        if not act and subscriber.status == SubscriberStatus.PENDING:
+            return pages.page(
+                "confirm", settings, heading="Confirm", private=True, email=subscriber.email
+            )
         if subscriber.status != SubscriberStatus.ACTIVE:
             return pages.page(
                 "confirm_gone",
@@ -594,7 +644,8 @@ def routes(site: Site) -> list[BaseRoute]:
     return [
         Route("/subscribe", state.subscribe_form, methods=["GET", "HEAD"]),
         Route("/subscribe", state.subscribe, methods=["POST"]),
-        Route("/confirm/{token}", state.confirm, methods=["GET", "HEAD"]),
+        Route("/confirm/{token}", state.confirm_page, methods=["GET", "HEAD"]),
+        Route("/confirm/{token}", state.confirm, methods=["POST"]),
         Route("/unsubscribe/{token}", state.unsubscribe_page, methods=["GET", "HEAD"]),
         Route("/unsubscribe/{token}", state.unsubscribe, methods=["POST"]),
     ]
