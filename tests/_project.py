@@ -62,6 +62,9 @@ def command(config: Path, *args: str, env: dict[str, str] | None = None) -> subp
         "NEWSLETTER_SECRET": "test-secret",
         "MAIL_TOKEN": TOKEN,
         "COLUMNS": "200",
+        # SIGABRT then prints every thread's stack: a child that does not exit in time tells
+        # where it waits (tests/test_nodes.py ``finish``).
+        "PYTHONFAULTHANDLER": "1",
         **(env or {}),
     }
     return subprocess.Popen(

@@ -81,9 +81,19 @@ def wait_for(
 
 
 def finish(children: list[subprocess.Popen[str]], timeout: float = 180) -> list[str]:
+    """Each child's output once it exited. One still running after ``timeout`` is aborted,
+    and the failure shows its output and where each of its threads was (faulthandler)."""
     outputs = []
     for child in children:
-        out, err = child.communicate(timeout=timeout)
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)
+            out, err = child.communicate(timeout=30)
+            raise AssertionError(
+                f"{child.args[-1]!r} still running after {timeout} s; its output and threads:\n"
+                + (out + err)[-12_000:]
+            ) from None
         outputs.append(out + err)
     return outputs
 
