@@ -77,3 +77,45 @@ def load_set(folder: Path = FOLDER) -> LabelledSet:
         [(a, b) for a, b in labels["must_group"]],
         [(a, b) for a, b in labels["must_not_group"]],
     )
+
+
+def write_two_feeds_project(
+    config: Path, wire: str, metro: str, *, full_text: str = "never"
+) -> None:
+    """The project of the end-to-end grouping tests: a news wire's RSS and another outlet's
+    Atom at these URLs (``full_text`` for the wire), the outbox, feeds in ``feeds-out``."""
+    config.write_text(
+        f"""\
+[newsletter]
+title = "Northfield Weekly"
+site_url = "https://weekly.example.org/"
+sender = "Northfield Weekly <weekly@weekly.example.org>"
+postal_address = "1 Market Street, Northfield"
+
+[[sources]]
+name = "Regional Wire"
+kind = "feed"
+url = "{wire}"
+full_text = "{full_text}"
+
+[[sources]]
+name = "Metro Daily"
+kind = "feed"
+url = "{metro}"
+
+[digest]
+lookback_hours = 100000  # the CLI runs on the real clock, the feeds are dated
+
+[feeds]
+output_dir = "feeds-out"
+
+[mail]
+backend = "outbox"
+
+[mail.outbox]
+outbox_dir = "outbox"
+
+[storage]
+path = "newsletter.db"
+"""
+    )

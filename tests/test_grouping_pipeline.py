@@ -23,7 +23,7 @@ from newsletter.config import load_config
 from newsletter.core import make_publisher
 from tests import feedcheck
 from tests._browser import preview_server
-from tests._grouping_set import FOLDER, paragraphs_html
+from tests._grouping_set import FOLDER, paragraphs_html, write_two_feeds_project
 from tests._http import LoopbackServer, conditional
 
 ATOM = "{http://www.w3.org/2005/Atom}"
@@ -90,40 +90,7 @@ def project(tmp_path: Path, fixed_clock: list[datetime]) -> Path:
     wire = server.route("/wire.rss", conditional(WIRE_RSS.encode(), "application/rss+xml"))
     metro = server.route("/metro.atom", conditional(METRO_ATOM.encode(), "application/atom+xml"))
     config = tmp_path / "newsletter.toml"
-    config.write_text(
-        f"""\
-[newsletter]
-title = "Northfield Weekly"
-site_url = "https://weekly.example.org/"
-sender = "Northfield Weekly <weekly@weekly.example.org>"
-postal_address = "1 Market Street, Northfield"
-
-[[sources]]
-name = "Regional Wire"
-kind = "feed"
-url = "{wire}"
-
-[[sources]]
-name = "Metro Daily"
-kind = "feed"
-url = "{metro}"
-
-[digest]
-lookback_hours = 100000  # the CLI runs on the real clock, the feeds are dated
-
-[feeds]
-output_dir = "feeds-out"
-
-[mail]
-backend = "outbox"
-
-[mail.outbox]
-outbox_dir = "outbox"
-
-[storage]
-path = "newsletter.db"
-"""
-    )
+    write_two_feeds_project(config, wire, metro)
     with server, make_publisher(load_config(config)) as publisher:
         results = publisher.gather()
         assert sorted((r.source, r.ok, r.new) for r in results) == [

@@ -20,7 +20,7 @@ from pathlib import Path
 from newsletter.config import load_config
 from newsletter.core import make_publisher
 from tests import feedcheck
-from tests._grouping_set import FOLDER, paragraphs_html
+from tests._grouping_set import FOLDER, paragraphs_html, write_two_feeds_project
 from tests._http import LoopbackServer, Reply, conditional
 
 ATOM = "{http://www.w3.org/2005/Atom}"
@@ -102,38 +102,7 @@ def test_a_summary_and_a_republication_become_one_full_story(
     wire = server.route("/wire.rss", conditional(wire_rss.encode(), "application/rss+xml"))
     metro = server.route("/metro.atom", conditional(metro_atom.encode(), "application/atom+xml"))
     config = tmp_path / "newsletter.toml"
-    config.write_text(
-        f"""\
-[newsletter]
-title = "Northfield Weekly"
-site_url = "https://weekly.example.org/"
-sender = "Northfield Weekly <weekly@weekly.example.org>"
-postal_address = "1 Market Street, Northfield"
-
-[[sources]]
-name = "Regional Wire"
-kind = "feed"
-url = "{wire}"
-full_text = "auto"
-
-[[sources]]
-name = "Metro Daily"
-kind = "feed"
-url = "{metro}"
-
-[digest]
-lookback_hours = 100000
-
-[feeds]
-output_dir = "feeds-out"
-
-[mail]
-backend = "outbox"
-
-[mail.outbox]
-outbox_dir = "outbox"
-"""
-    )
+    write_two_feeds_project(config, wire, metro, full_text="auto")
     with server, make_publisher(load_config(config)) as publisher:
         results = publisher.gather()
         assert sorted((r.source, r.ok, r.new, r.warning) for r in results) == [

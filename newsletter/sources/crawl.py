@@ -21,6 +21,7 @@ storing (``newsletter.gather``).
 
 from __future__ import annotations
 
+import abc
 import logging
 import re
 import threading
@@ -307,7 +308,7 @@ def _decode(fetched: Fetched) -> str:
     return decode_file(fetched.body)
 
 
-class CrawlSource:
+class CrawlSource(abc.ABC):
     """What the page and sitemap readers share: the listing at ``CrawlSettings.url`` read
     conditionally, its new links (``new_links``) read as articles, and one ``FetchResult``
     whose warning names what was skipped or failed.
@@ -368,5 +369,6 @@ class CrawlSource:
             problems=(*problems, *refused, *failed),
         )
 
+    @abc.abstractmethod
     def links(self, listing: Fetched) -> tuple[list[Link], list[str]]:
-        raise NotImplementedError
+        """The article links of ``listing`` and the problems met finding them."""
